@@ -1,0 +1,39 @@
+# Every target does its own set-up on a fresh machine: it creates .venv and installs what it needs.
+#
+# TORCH_SPEC picks the PyTorch build. The default is the CPU wheel these machines carry; a plain
+# `torch` requirement would pull gigabytes of CUDA packages. GPU users pass the build for their driver:
+#   make test TORCH_SPEC="torch==2.13.0" PIP_TORCH_ARGS="--index-url <your PyTorch CUDA wheel index>"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PIP_TORCH_ARGS ?=
+EXTRAS ?= dev
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed-$(EXTRAS)
+
+.PHONY: install test lint demo bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)" $(PIP_TORCH_ARGS)
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+
+test: $(STAMP) lint
+	$(VENV)/bin/pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/backprop demo
+
+bench: $(STAMP)
+	$(PY) bench/cold_start.py
+
+clean:
+	rm -rf $(VENV) output .pytest_cache

@@ -1,0 +1,78 @@
+"""The ``backprop`` command: a thin Typer shell over the Python API.
+
+Only typer and the standard library are imported at start-up; each command imports what it needs, so
+``backprop --help`` stays fast. Errors print as ``[CODE]: message`` plus a hint, without a traceback
+unless ``--verbose`` or ``BACKPROPAGATE_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from .. import __version__
+
+app = typer.Typer(
+    name="backprop",
+    help="Fine-tune an LLM on one GPU, survive crashes, ship it to GGUF/Ollama.",
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"verbose": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"backpropagate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    _state["verbose"] = verbose
+
+
+def _debug() -> bool:
+    return _state["verbose"] or os.environ.get("BACKPROPAGATE_DEBUG", "").lower() in {"1", "true", "yes"}
+
+
+def _report(code: str, message: str, hint: str) -> None:
+    from ..logs import redact
+
+    sys.stderr.write(redact(f"[{code}]: {message}\n"))
+    if hint:
+        sys.stderr.write(redact(f"hint: {hint}\n"))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    from . import info, train  # noqa: F401 - registers the commands
+
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place every error is turned into a coded line
+        from ..errors import CATALOG, BackpropagateError
+
+        if _debug():
+            import traceback
+
+            from ..logs import redact
+            sys.stderr.write(redact(traceback.format_exc()))
+        if isinstance(exc, BackpropagateError):
+            _report(exc.code, exc.message, exc.hint)
+        else:
+            _report("RUNTIME_UNEXPECTED", f"{type(exc).__name__}: {exc}", CATALOG["RUNTIME_UNEXPECTED"].hint)
+        sys.exit(1)

@@ -1,0 +1,48 @@
+"""A rich progress bar fed by TrainingCallback.on_log: step, loss and tokens/s."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from ..training.callbacks import TrainingCallback
+
+
+class TrainingProgress:
+    def __init__(self, total: int | None) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+            TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+        self._task = self._progress.add_task("train", total=total, loss="-", tps="-")
+        self._started = False  # shown from the first step on, after the start-up log lines
+
+    def set_total(self, total: int) -> None:
+        self._progress.update(self._task, total=total)
+
+    def _on_log(self, metrics: dict[str, Any]) -> None:
+        if not self._started:
+            self._progress.start()
+            self._started = True
+        self._progress.update(self._task, completed=metrics["step"], total=metrics["steps_total"],
+                              loss=f"{metrics['loss']:.4f}", tps=f"{metrics['tokens_per_second']:.0f}")
+
+    def callback(self) -> TrainingCallback:
+        return TrainingCallback(on_log=self._on_log)
+
+    def __enter__(self) -> TrainingProgress:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._started:
+            self._progress.stop()

@@ -1,0 +1,84 @@
+"""Logging: structlog with the run_id bound to every line, console or JSON output, secrets redacted.
+
+Everything this package prints goes through :func:`redact`, so a token pasted into a model id, a URL or
+an exception message never reaches the terminal or a log file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+
+_SECRET_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"\bhf_[A-Za-z0-9]{8,}"), "hf_***"),
+    (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), "sk-***"),
+    (re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b"), "AKIA***"),
+    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=\-]{8,}"), r"\1 ***"),
+    (re.compile(r"(?i)\b(aws_secret_access_key|password|passwd|token|api_key|apikey|secret)"
+                r"(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)"), r"\1\2***"),
+]
+
+
+def redact(text: str) -> str:
+    """Replace anything that looks like a credential with a placeholder."""
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    return {key: redact(value) if isinstance(value, str) else value for key, value in event.items()}
+
+
+def _env_flag(name: str) -> bool | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+_configured = False
+
+
+def configure(level: str | None = None, json: bool | None = None) -> None:
+    """Set up structlog once; environment variables BACKPROPAGATE_LOG_LEVEL / _LOG_JSON win over defaults."""
+    global _configured
+    level = (level or os.environ.get("BACKPROPAGATE_LOG_LEVEL") or "INFO").upper()
+    env_json = _env_flag("BACKPROPAGATE_LOG_JSON")
+    use_json = json if json is not None else (env_json if env_json is not None else False)
+    renderer: Any = (structlog.processors.JSONRenderer() if use_json
+                     else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact_processor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level, logging.INFO)),
+        # Resolve sys.stderr when a logger is made, not once: it may have been replaced since.
+        logger_factory=lambda *args: structlog.PrintLogger(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    _configured = True
+
+
+def get_logger(name: str = "backpropagate") -> Any:
+    if not _configured:
+        configure()
+    return structlog.get_logger(name)
+
+
+@contextmanager
+def bound_run(run_id: str) -> Iterator[None]:
+    """Bind ``run_id`` to every log line emitted inside the block."""
+    with structlog.contextvars.bound_contextvars(run_id=run_id):
+        yield

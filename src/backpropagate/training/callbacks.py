@@ -1,0 +1,46 @@
+"""User hooks into a training run, and the result object a run returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainingCallback:
+    """Optional hooks; each is called with the arguments shown and may be left as None.
+
+    ``on_log`` receives a dict after every step (step, loss, learning_rate, tokens, tokens_per_second,
+    elapsed_seconds, steps_total) for progress displays.
+    """
+
+    on_step: Callable[[int, float], Any] | None = None
+    on_epoch: Callable[[int], Any] | None = None
+    on_save: Callable[[str], Any] | None = None
+    on_complete: Callable[[TrainingRun], Any] | None = None
+    on_error: Callable[[Exception], Any] | None = None
+    on_log: Callable[[dict[str, Any]], Any] | None = None
+
+    def fire(self, hook: str, *args: Any) -> None:
+        fn = getattr(self, hook)
+        if fn is not None:
+            fn(*args)
+
+
+@dataclass
+class TrainingRun:
+    """What ``Trainer.train`` returns."""
+
+    run_id: str
+    steps: int
+    final_loss: float
+    loss_history: list[float]
+    output_path: str
+    duration_seconds: float
+    samples_seen: int
+    tokens_trained: int = 0
+    """Label-bearing tokens the loss was taken on."""
+    dataset_format: str = ""
+    truncated_samples: int = 0
+    config: dict[str, Any] = field(default_factory=dict)

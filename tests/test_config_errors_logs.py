@@ -1,0 +1,88 @@
+"""Configuration precedence, the error catalog and log redaction."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from backpropagate.config import DEFAULT_MODEL, TRAINER_ARGS, resolve_settings
+from backpropagate.errors import CATALOG, BackpropagateError
+from backpropagate.logs import bound_run, configure, get_logger, redact
+from backpropagate.option_docs import OPTION_DOCS
+
+
+def test_defaults_match_the_parameter_table() -> None:
+    s = resolve_settings()
+    assert s.model.name == DEFAULT_MODEL == "Qwen/Qwen2.5-7B-Instruct"
+    assert (s.lora.r, s.lora.alpha, s.lora.dropout) == (256, 512, 0.05)
+    t = s.training
+    assert (t.learning_rate, t.batch_size, t.gradient_accumulation, t.max_seq_length) == (2e-4, "auto", 4, 2048)
+    assert t.train_on_responses is True and t.packing is True
+    assert s.model.trust_remote_code is False
+
+
+def test_env_overrides_and_explicit_arguments_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKPROPAGATE_LORA__R", "8")
+    monkeypatch.setenv("BACKPROPAGATE_TRAINING__LEARNING_RATE", "0.001")
+    monkeypatch.setenv("BACKPROPAGATE_MODEL__NAME", "/models/x")
+    s = resolve_settings()
+    assert (s.lora.r, s.training.learning_rate, s.model.name) == (8, 0.001, "/models/x")
+    s = resolve_settings(lora_r=4)
+    assert s.lora.r == 4 and s.training.learning_rate == 0.001
+
+
+def test_bad_env_value_is_a_coded_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKPROPAGATE_LORA__R", "many")
+    with pytest.raises(BackpropagateError) as info:
+        resolve_settings()
+    assert info.value.code == "INPUT_CONFIG_INVALID"
+    assert "BACKPROPAGATE_LORA__R" in info.value.message
+
+
+@pytest.mark.parametrize("arg,value", [("lora_r", 0), ("lora_alpha", -1), ("lora_dropout", 1.0),
+                                       ("learning_rate", 0), ("batch_size", 0), ("gradient_accumulation", 0),
+                                       ("max_seq_length", -5), ("lr_scheduler", "wavy")])
+def test_out_of_range_arguments(arg: str, value: object) -> None:
+    with pytest.raises(BackpropagateError) as info:
+        resolve_settings(**{arg: value})
+    assert info.value.code == "INPUT_INVALID_VALUE"
+    assert arg in info.value.message
+
+
+def test_every_option_is_documented() -> None:
+    assert set(TRAINER_ARGS) == set(OPTION_DOCS)
+
+
+def test_catalog_entries_are_complete() -> None:
+    for code, spec in CATALOG.items():
+        assert code.split("_")[0] in {"INPUT", "DEP", "RUNTIME", "STATE"}
+        assert spec.summary and spec.hint
+    err = BackpropagateError("INPUT_FILE_NOT_FOUND", "nope")
+    assert str(err) == "[INPUT_FILE_NOT_FOUND]: nope" and err.hint == CATALOG["INPUT_FILE_NOT_FOUND"].hint
+    with pytest.raises(KeyError):
+        BackpropagateError("NOT_A_CODE", "x")
+
+
+@pytest.mark.parametrize("secret,kept", [
+    ("token hf_abcdefghijklmnopqrstuvwx used", "token hf_*** used"),
+    ("key sk-proj-abcdefghijklmnop", "key sk-***"),
+    ("Authorization: Bearer abc.def.ghijklmnop", "Authorization: Bearer ***"),
+    ("aws AKIAABCDEFGHIJKLMNOP", "aws AKIA***"),
+    ("password=hunter2 and token: 'zzz'", "password=*** and token: ***"),
+])
+def test_redaction(secret: str, kept: str) -> None:
+    assert redact(secret) == kept
+
+
+def test_logs_carry_run_id_and_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    configure(level="INFO", json=True)
+    try:
+        with bound_run("run-123"):
+            get_logger().info("hello", detail="password=hunter2")
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        record = json.loads(line)
+        assert record["run_id"] == "run-123" and record["event"] == "hello"
+        assert "hunter2" not in line
+    finally:
+        configure(json=False)
