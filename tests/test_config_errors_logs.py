@@ -56,7 +56,7 @@ def test_every_option_is_documented() -> None:
 
 def test_catalog_entries_are_complete() -> None:
     for code, spec in CATALOG.items():
-        assert code.split("_")[0] in {"INPUT", "DEP", "RUNTIME", "STATE"}
+        assert code.split("_")[0] in {"INPUT", "DEP", "RUNTIME", "STATE", "SLAO", "HUB"}
         assert spec.summary and spec.hint
     err = BackpropagateError("INPUT_FILE_NOT_FOUND", "nope")
     assert str(err) == "[INPUT_FILE_NOT_FOUND]: nope" and err.hint == CATALOG["INPUT_FILE_NOT_FOUND"].hint
