@@ -2,7 +2,8 @@
 
 Codes are grouped by prefix: ``INPUT_`` (bad arguments or data), ``DEP_`` (a dependency or model
 that cannot be loaded), ``RUNTIME_`` (something went wrong while running), ``STATE_`` (files on
-disk that are missing, corrupt or in the way). Codes never change once released; the CLI prints
+disk that are missing, corrupt or in the way), and feature prefixes such as ``SLAO_`` (multi-run merging)
+and ``HUB_`` (pushing to the Hub). Codes never change once released; the CLI prints
 ``[CODE]: message`` and the hint, and ``backprop info --error-codes`` lists this catalog.
 """
 
@@ -77,6 +78,10 @@ _SPECS = [
               "Re-run with --verbose (or BACKPROPAGATE_DEBUG=1) and report the traceback with the run_id."),
     ErrorSpec("RUNTIME_GPU_OOM", "The GPU ran out of memory.",
               "Keep oom_recovery=True (the default), or lower --batch-size / --max-seq-length."),
+    ErrorSpec("SLAO_INCOMPATIBLE_RUNS", "Runs of a multi-run campaign have different adapter shapes.",
+              "Keep rank, alpha, rsLoRA and target modules the same across runs of one campaign."),
+    ErrorSpec("SLAO_MERGE_DIVERGED", "Merging a run produced NaN or Inf; the previous merged adapter is kept.",
+              "Lower the learning rate or the steps per run, then resume the campaign."),
     # --- state on disk ---------------------------------------------------------------------------
     ErrorSpec("STATE_OUTPUT_EXISTS", "The output path exists and would be overwritten.",
               "Choose another path or remove the existing one."),
