@@ -7,7 +7,12 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PIP_TORCH_ARGS ?=
-EXTRAS ?= dev
+# The extras `make test` needs: every optional feature is tested, so all of them but the heaviest.
+EXTRAS ?= dev,export,qlora,data
+# llama-cpp-python compiles from source; a native build segfaults on the first decode of a quantized
+# model on some (AMX-capable) CPUs, so it is built for the generic target.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(EXTRAS)

@@ -17,7 +17,9 @@ def test_defaults_match_the_parameter_table() -> None:
     assert s.model.name == DEFAULT_MODEL == "Qwen/Qwen2.5-7B-Instruct"
     assert (s.lora.r, s.lora.alpha, s.lora.dropout) == (256, 512, 0.05)
     t = s.training
-    assert (t.learning_rate, t.batch_size, t.gradient_accumulation, t.max_seq_length) == (2e-4, "auto", 4, 2048)
+    # The quality LoRA preset (the default) sets the learning rate to 10x the base 2e-4.
+    assert s.lora.preset == "quality" and t.learning_rate == pytest.approx(2e-3)
+    assert (t.batch_size, t.gradient_accumulation, t.max_seq_length) == ("auto", 4, 2048)
     assert t.train_on_responses is True and t.packing is True
     assert s.model.trust_remote_code is False
 

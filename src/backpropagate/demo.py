@@ -2,7 +2,8 @@
 
 Builds the hidden-256 tiny llama from :mod:`backpropagate.testing`, fine-tunes a LoRA adapter on the
 bundled quickstart conversations until it has learned them, saves it, and asks one of the training
-questions, so a user sees training change what the model says.
+questions, so a user sees training change what the model says. With the `export` extra it then exports a
+q4_k_m GGUF (parity-checked against the PyTorch model) and asks llama.cpp the same question.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from .training.callbacks import TrainingCallback, TrainingRun
 
@@ -24,6 +26,8 @@ class DemoResult:
     question: str
     expected: str
     answer: str
+    gguf: Any = None  # export.ExportResult of the q4_k_m GGUF, when the export extra is installed
+    gguf_answer: str | None = None  # the same question answered by llama.cpp from that GGUF
 
     @property
     def matches(self) -> bool:
@@ -52,4 +56,23 @@ def run_demo(output_dir: str | Path = "./output/demo", *, steps: int | None = No
                       output_dir=output_dir, seed=0)
     run = trainer.train(str(data), steps=steps, callback=callback)
     answer = trainer.chat(first[0]["value"], max_new_tokens=32)
-    return DemoResult(run=run, question=first[0]["value"], expected=first[1]["value"], answer=answer)
+    gguf, gguf_answer = _export_and_chat(trainer, first[0]["value"])
+    return DemoResult(run=run, question=first[0]["value"], expected=first[1]["value"], answer=answer,
+                      gguf=gguf, gguf_answer=gguf_answer)
+
+
+def export_available() -> bool:
+    """Whether the `export` extra (gguf + llama-cpp-python) is installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("gguf", "llama_cpp"))
+
+
+def _export_and_chat(trainer: Any, question: str) -> tuple[Any, str | None]:
+    """Export a verified q4_k_m GGUF and ask llama.cpp the same question (skipped without the extra)."""
+    if not export_available():
+        return None, None
+    from .export.run_gguf import chat_with_gguf
+
+    result = trainer.export("gguf", quantization="q4_k_m", overwrite=True)
+    return result, chat_with_gguf(result.path, question, max_tokens=32)

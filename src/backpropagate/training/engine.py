@@ -7,9 +7,12 @@ what is being minimised.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +22,7 @@ from ..data.packing import PackedRow, collate, forward_packed, pack
 from ..data.templates import IGNORE_INDEX, TokenizedSample
 from ..errors import BackpropagateError
 from .callbacks import TrainingCallback
+from .optimizers import create_optimizer
 
 
 @dataclass(frozen=True)
@@ -34,17 +38,24 @@ class LoopConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 42
+    shuffle: bool = True  # False keeps the sample order (curriculum), as far as packing allows
+    optim: str = "adamw_torch"  # a transformers optimizer name (training.optimizers)
 
 
 class DataStream:
-    """Packed rows in a seeded order, epoch after epoch; each epoch is re-shuffled with ``seed + epoch``."""
+    """Packed rows in a seeded order, epoch after epoch; each epoch is re-shuffled with ``seed + epoch``.
+
+    ``shuffle=False`` keeps the given sample order every epoch (a curriculum); best-fit packing may still
+    place a short sample into an earlier, partly filled row.
+    """
 
     def __init__(self, samples: Sequence[TokenizedSample], max_seq_length: int, *, packing: bool,
-                 seed: int) -> None:
+                 seed: int, shuffle: bool = True) -> None:
         self.samples = samples
         self.max_seq_length = max_seq_length
         self.packing = packing
         self.seed = seed
+        self.shuffle = shuffle
         self.epoch = 0
         self.position = 0
         self.truncated = 0
@@ -53,7 +64,8 @@ class DataStream:
             raise BackpropagateError("INPUT_DATASET_EMPTY", "no sample has any tokens to train on.")
 
     def _plan(self, epoch: int) -> list[PackedRow]:
-        plan = pack(self.samples, self.max_seq_length, packing=self.packing, seed=self.seed + epoch)
+        plan = pack(self.samples, self.max_seq_length, packing=self.packing,
+                    seed=self.seed + epoch if self.shuffle else None)
         if epoch == 0:
             self.truncated = plan.truncated
         return plan.rows
@@ -71,6 +83,21 @@ class DataStream:
             self.position += 1
         return rows, wrapped
 
+    def state_dict(self) -> dict[str, int]:
+        """Where the stream stands; loading it back continues with exactly the same next row."""
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        rows = self._rows if state["epoch"] == self.epoch else self._plan(state["epoch"])
+        if not 0 <= state["position"] <= len(rows):
+            raise BackpropagateError("INPUT_RESUME_MISMATCH", f"data position {state['position']} of epoch "
+                                     f"{state['epoch']} does not exist: the data has {len(rows)} packed rows.")
+        self._rows, self.epoch, self.position = rows, state["epoch"], state["position"]
+
+    def plan_digest(self) -> str:
+        """sha256 of this epoch's packing order (the sample ids of every row), to detect a changed plan."""
+        return hashlib.sha256(json.dumps([row.sample_ids for row in self._rows]).encode()).hexdigest()
+
 
 @dataclass
 class LoopResult:
@@ -83,60 +110,121 @@ class LoopResult:
 def build_optimizer(model: torch.nn.Module, cfg: LoopConfig) -> tuple[torch.optim.Optimizer, Any]:
     from transformers import get_scheduler
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = create_optimizer(model, cfg.optim, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
     name = {"constant": "constant_with_warmup"}.get(cfg.lr_scheduler, cfg.lr_scheduler)
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * cfg.steps),
                               num_training_steps=cfg.steps)
     return optimizer, scheduler
 
 
+@dataclass
+class LoopState:
+    """The loop between two optimizer steps: what a checkpoint captures and what the guards adjust."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    stream: DataStream
+    result: LoopResult
+    batch_size: int  # rows per micro-batch now; OOM recovery may lower it
+    gradient_accumulation: int
+    steps_total: int
+    step: int = 0  # optimizer steps completed
+    tokens_seen: int = 0
+    epochs_announced: int = 0
+
+
+FaultHook = Callable[[str, int, Any], None]
+
+
+@dataclass
+class LoopHooks:
+    """Optional hooks of the loop; the run session supplies them.
+
+    ``restore(state)`` runs once before the first step (resuming from a checkpoint); ``after_step(state)``
+    after every optimizer step (checkpoints, thermal guard); ``fault("micro_batch", step, index)`` before
+    every micro-batch, so tests can inject faults; ``oom`` is the recovery policy (a ``guards.OomRecovery``).
+    """
+
+    restore: Callable[[LoopState], None] | None = None
+    after_step: Callable[[LoopState], None] | None = None
+    fault: FaultHook | None = None
+    oom: Any = None
+
+
 def train_loop(model: torch.nn.Module, samples: Sequence[TokenizedSample], cfg: LoopConfig, *,
-               pad_token_id: int, callback: TrainingCallback | None = None, log: Any = None) -> LoopResult:
-    """Run ``cfg.steps`` optimizer steps over ``samples`` and return the per-step losses."""
+               pad_token_id: int, callback: TrainingCallback | None = None, log: Any = None,
+               hooks: LoopHooks | None = None) -> LoopResult:
+    """Run optimizer steps up to ``cfg.steps`` over ``samples`` and return the per-step losses."""
+    from .guards import OomRecovery
+
     callback = callback or TrainingCallback()
+    hooks = hooks or LoopHooks()
+    oom = hooks.oom or OomRecovery(log=log)
     torch.manual_seed(cfg.seed)
-    stream = DataStream(samples, cfg.max_seq_length, packing=cfg.packing, seed=cfg.seed)
+    stream = DataStream(samples, cfg.max_seq_length, packing=cfg.packing, seed=cfg.seed, shuffle=cfg.shuffle)
     optimizer, scheduler = build_optimizer(model, cfg)
-    result = LoopResult(truncated=stream.truncated)
+    state = LoopState(model=model, optimizer=optimizer, scheduler=scheduler, stream=stream,
+                      result=LoopResult(truncated=stream.truncated), batch_size=cfg.batch_size,
+                      gradient_accumulation=cfg.gradient_accumulation, steps_total=cfg.steps)
+    if hooks.restore is not None:
+        hooks.restore(state)  # weights, optimizer, schedule, data position and RNG of a checkpoint
     if stream.truncated and log is not None:
         log.warning("samples_truncated", count=stream.truncated, max_seq_length=cfg.max_seq_length)
     model.train()
-    started = time.perf_counter()
-    tokens_seen = 0
-    for step in range(1, cfg.steps + 1):
-        micro_batches = []
-        for _ in range(cfg.gradient_accumulation):
-            rows, wrapped = stream.take(cfg.batch_size)
-            if wrapped:
-                callback.fire("on_epoch", stream.epoch)
-            micro_batches.append(rows)
-        n_targets = sum(t != IGNORE_INDEX for rows in micro_batches for r in rows for t in r.targets)
-        loss_total = 0.0
-        for rows in micro_batches:
-            batch = collate(rows, pad_token_id)
-            loss_sum, _ = forward_packed(model, batch)
-            if n_targets:
-                (loss_sum / n_targets).backward()
-            loss_total += float(loss_sum.detach())
-            result.samples_seen += sum(len(r.sample_ids) for r in rows)
-            tokens_seen += sum(len(r) for r in rows)
+    started, tokens_at_start = time.perf_counter(), state.tokens_seen
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    while state.step < cfg.steps:
+        step = state.step + 1
+        micro_batches, loss_total, n_targets = oom.run_step(
+            state, step, functools.partial(_accumulate, state, step, pad_token_id, callback, hooks.fault))
         loss = loss_total / max(n_targets, 1)
         if not math.isfinite(loss):
             raise BackpropagateError("RUNTIME_LOSS_NOT_FINITE", f"loss is {loss} at step {step}.")
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        result.loss_history.append(loss)
-        result.label_tokens += n_targets
+        state.step = step
+        state.result.loss_history.append(loss)
+        state.result.label_tokens += n_targets
+        state.result.samples_seen += sum(len(r.sample_ids) for rows in micro_batches for r in rows)
+        state.tokens_seen += sum(len(r) for rows in micro_batches for r in rows)
         elapsed = time.perf_counter() - started
         callback.fire("on_step", step, loss)
         callback.fire("on_log", {
             "step": step, "steps_total": cfg.steps, "loss": loss,
-            "learning_rate": scheduler.get_last_lr()[0], "tokens": tokens_seen,
-            "tokens_per_second": tokens_seen / elapsed if elapsed > 0 else 0.0, "elapsed_seconds": elapsed})
+            "learning_rate": scheduler.get_last_lr()[0], "tokens": state.tokens_seen,
+            "tokens_per_second": (state.tokens_seen - tokens_at_start) / elapsed if elapsed > 0 else 0.0,
+            "elapsed_seconds": elapsed, "batch_size": state.batch_size,
+            "gradient_accumulation": state.gradient_accumulation})
         if log is not None:
             log.debug("step", step=step, loss=round(loss, 5))
+        if hooks.after_step is not None:
+            hooks.after_step(state)
     model.eval()
-    return result
+    return state.result
+
+
+def _accumulate(state: LoopState, step: int, pad_token_id: int, callback: TrainingCallback,
+                fault: FaultHook | None) -> tuple[list[list[PackedRow]], float, int]:
+    """Forward and backward passes of one optimizer step: its micro-batches, summed loss and target count."""
+    micro_batches = [_take(state, callback) for _ in range(state.gradient_accumulation)]
+    n_targets = sum(t != IGNORE_INDEX for rows in micro_batches for r in rows for t in r.targets)
+    loss_total = 0.0
+    for index, rows in enumerate(micro_batches):
+        if fault is not None:
+            fault("micro_batch", step, index)
+        loss_sum, _ = forward_packed(state.model, collate(rows, pad_token_id))
+        if n_targets:
+            (loss_sum / n_targets).backward()
+        loss_total += float(loss_sum.detach())
+    return micro_batches, loss_total, n_targets
+
+
+def _take(state: LoopState, callback: TrainingCallback) -> list[PackedRow]:
+    rows, _ = state.stream.take(state.batch_size)
+    while state.epochs_announced < state.stream.epoch:  # announced once, even when a step is redone
+        state.epochs_announced += 1
+        callback.fire("on_epoch", state.epochs_announced)
+    return rows

@@ -1,4 +1,4 @@
-"""Load a base model and tokenizer (hub id or local folder) and wrap it with a LoRA adapter."""
+"""Load a base model and tokenizer (hub id or local folder; 4-bit NF4 for QLoRA) and wrap it with LoRA."""
 
 from __future__ import annotations
 
@@ -40,17 +40,30 @@ def load_tokenizer(settings: ModelSettings) -> Any:
     return tokenizer
 
 
+def four_bit_config(compute_dtype: torch.dtype) -> Any:
+    """QLoRA's quantization: NF4 codes, double-quantized scales, matmuls in ``compute_dtype``."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
 def load_model(settings: ModelSettings, device: torch.device, dtype: torch.dtype) -> Any:
+    """The base model on ``device``; with ``settings.load_in_4bit`` its linear layers are 4-bit NF4."""
     from transformers import AutoModelForCausalLM
 
     name = settings.name
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": settings.trust_remote_code}
+    if settings.load_in_4bit:
+        kwargs["quantization_config"] = four_bit_config(dtype)
+        if device.type == "cuda":
+            kwargs["device_map"] = {"": device.index or 0}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=dtype, trust_remote_code=settings.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise _load_error(name, exc) from exc
     model.config.use_cache = False  # training: a KV cache would also break packed attention
-    return model.to(device)
+    return model if settings.load_in_4bit else model.to(device)
 
 
 def _load_error(name: str, exc: Exception) -> BackpropagateError:
@@ -64,17 +77,11 @@ def _load_error(name: str, exc: Exception) -> BackpropagateError:
 
 
 def apply_lora(model: Any, lora: LoraSettings, seed: int) -> Any:
-    """Wrap ``model`` in a trainable LoRA adapter; the base weights are frozen."""
-    from peft import LoraConfig, get_peft_model
+    """Wrap ``model`` in a trainable LoRA/DoRA adapter; the base weights are frozen.
 
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=lora.target_modules, bias="none", task_type="CAUSAL_LM")
-    torch.manual_seed(seed)
-    try:
-        return get_peft_model(model, config)
-    except ValueError as exc:
-        if "not found in the base model" in str(exc) or "Target modules" in str(exc):
-            raise BackpropagateError(
-                "INPUT_INVALID_VALUE", f"target_modules={lora.target_modules!r} matches no layer: {exc}",
-                hint='Use "all-linear" or names such as q_proj, v_proj.') from exc
-        raise
+    PiSSA and LoftQ need more than the model (see :mod:`backpropagate.training.loader`).
+    """
+    from .adapters import build_lora
+
+    name = getattr(model.config, "_name_or_path", "")
+    return build_lora(model, lora, seed, model_name=name).model

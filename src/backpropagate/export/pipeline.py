@@ -1,0 +1,255 @@
+"""``export_model``: one call from an adapter (or model) folder to a verified GGUF, an adapter GGUF, or merged
+weights, optionally registered with Ollama.
+
+Order of work, so that bad input fails before anything slow runs and nothing half-done is left behind:
+check the arguments and output paths -> merge the adapter into a temporary full-precision folder ->
+write the GGUF (and quantize it) -> parity check -> Modelfile -> Ollama. Temporary folders and
+intermediate files are removed whatever happens; finished files appear only complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackpropagateError
+from ..logs import get_logger
+from .gguf_writer import NUMPY_TYPES, load_config, write_gguf
+from .merge import ExportSource, find_base, local_model_dir, merge_adapter, resolve_source
+from .model_card import write_run_record
+from .outputs import check_output_path, write_text_atomically
+from .quantize import DEFAULT_QUANTIZATION, LLAMA_CPP_TYPES, normalize_quantization, quantize_gguf
+
+FORMATS: tuple[str, ...] = ("gguf", "gguf-adapter", "merged")
+REPORT_NAME = "export_report.json"
+MODELFILE_NAME = "Modelfile"
+FAILED_MARK = ".parity-failed"
+
+
+@dataclass
+class ExportResult:
+    """What an export produced. ``path`` is the main artifact (GGUF file, adapter GGUF or merged folder)."""
+
+    format: str
+    path: Path
+    quantization: str | None = None
+    base_gguf: Path | None = None
+    report: Any = None  # ParityReport when verified
+    report_path: Path | None = None
+    modelfile: Path | None = None
+    ollama_model: str | None = None
+    ollama_host: str | None = None
+    notes: list[str] = field(default_factory=list)
+    modelfile_spec: Any = None  # the ollama.Modelfile the file was written from
+
+
+@contextmanager
+def _quiet_progress():
+    """No transformers progress bars while exporting (they interleave with the report); restored after."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def _scratch(parent: Path, label: str):
+    """A hidden temporary folder beside the output (same filesystem), always removed."""
+    folder = parent / f".backprop-{label}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _artifact_name(path: Path) -> str:
+    """A name for general.name: the run folder rather than trainer.save's generic "lora"."""
+    generic = {"lora", "adapter", "merged", "model", "final"}
+    return f"{path.parent.name}-{path.name}" if path.name in generic and path.parent.name else path.name
+
+
+def _default_output(source: ExportSource, fmt: str, quantization: str) -> Path:
+    stem = source.path.name
+    if fmt == "merged":
+        return source.path.with_name(f"{stem}-merged")
+    folder = source.path.with_name(f"{stem}-gguf")
+    return folder / ("adapter.gguf" if fmt == "gguf-adapter" else f"model-{quantization}.gguf")
+
+
+def _gguf_target(output: Path | None, default: Path) -> Path:
+    if output is None:
+        return default
+    output = Path(output).expanduser()
+    return output if output.suffix == ".gguf" else output / default.name
+
+
+def _write_model_gguf(model_dir: Path, target: Path, quantization: str, name: str, notes: list[str]) -> Any:
+    """Write ``target`` directly (numpy types) or through an f16/bf16 intermediate and llama.cpp's quantizer."""
+    if quantization in NUMPY_TYPES:
+        result = write_gguf(model_dir, target, quantization, name=name)
+        notes += result.fallbacks
+        return result
+    dtype = str(getattr(load_config(model_dir), "dtype", "") or "")
+    intermediate_type = "bf16" if "bfloat16" in dtype else "f16"
+    intermediate = target.with_name(f".{target.stem}.{intermediate_type}.{uuid.uuid4().hex[:8]}.tmp.gguf")
+    try:
+        result = write_gguf(model_dir, intermediate, intermediate_type, name=name)
+        quantized = quantize_gguf(intermediate, target, quantization)
+    finally:
+        intermediate.unlink(missing_ok=True)
+    notes += quantized.fallbacks
+    if quantized.fallbacks:
+        get_logger().warning("quantization_fallback", tensors=len(quantized.fallbacks),
+                             detail="; ".join(quantized.fallbacks[:3]))
+    return result
+
+
+def _finish_report(report: Any, target: Path, extra: dict[str, Any]) -> Path:
+    """Write export_report.json; on failure rename the GGUF so it cannot be mistaken for a good one."""
+    data = {**report.to_dict(), **extra}
+    if not report.passed:
+        marked = target.with_name(target.stem + FAILED_MARK + target.suffix)
+        target.replace(marked)
+        data["gguf"] = str(marked)
+        data["marked_as"] = str(marked)
+    path = write_text_atomically(target.with_name(REPORT_NAME), json.dumps(data, indent=2, default=str) + "\n")
+    if not report.passed:
+        raise BackpropagateError(
+            "RUNTIME_PARITY_FAILED",
+            f"the exported {report.quantization} GGUF does not behave like the PyTorch model: "
+            f"{'; '.join(report.failures[:3])}. It was kept as {data['marked_as']} with {path}.")
+    return path
+
+
+def export_model(source: str | Path, format: str = "gguf", *, quantization: str = DEFAULT_QUANTIZATION,
+                 output: str | Path | None = None, base: str | Path | None = None, overwrite: bool = False,
+                 verify: bool = True, ollama: bool = False, ollama_name: str | None = None,
+                 system: str | None = None, num_ctx: int | None = None, run: Any = None,
+                 trust_remote_code: bool = False) -> ExportResult:
+    """Export an adapter or model folder; see the README's "Export" section for every option."""
+    with _quiet_progress():
+        return _export(source, format, quantization, output, base, overwrite, verify, ollama, ollama_name,
+                       system, num_ctx, run, trust_remote_code)
+
+
+def _export(source: str | Path, format: str, quantization: str, output: str | Path | None,
+            base: str | Path | None, overwrite: bool, verify: bool, ollama: bool, ollama_name: str | None,
+            system: str | None, num_ctx: int | None, run: Any, trust_remote_code: bool) -> ExportResult:
+    fmt = str(format).lower()
+    if fmt not in FORMATS:
+        raise BackpropagateError("INPUT_INVALID_VALUE",
+                                 f"format={format!r} is invalid: expected one of {', '.join(FORMATS)}.")
+    quantization = normalize_quantization(quantization)
+    src = resolve_source(source)
+    if ollama:
+        from .ollama import check_model_name
+
+        if fmt == "merged":
+            raise BackpropagateError("INPUT_INVALID_VALUE", "--ollama needs a GGUF format, not merged.")
+        check_model_name(ollama_name or "")
+    if fmt == "merged":
+        return _export_merged(src, output, base, overwrite, run, trust_remote_code)
+    if src.kind == "adapter" or fmt == "gguf-adapter":
+        from .merge import check_adapter
+
+        if src.kind != "adapter":
+            raise BackpropagateError("INPUT_NOT_A_MODEL_DIR", f"{src.path} is a full model; gguf-adapter "
+                                     "needs a PEFT adapter folder.")
+        check_adapter(src.adapter_config or {}, for_gguf_adapter=fmt == "gguf-adapter")
+    target = check_output_path(_gguf_target(output, _default_output(src, fmt, quantization)),
+                               overwrite=overwrite, what="output file")
+    base_target = target.with_name(f"base-{quantization}.gguf") if fmt == "gguf-adapter" else None
+    if base_target is not None:
+        check_output_path(base_target, overwrite=overwrite, what="base GGUF")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if quantization in LLAMA_CPP_TYPES or verify or ollama:
+        from .quantize import require_llama_cpp
+
+        require_llama_cpp()
+    log = get_logger()
+    result = ExportResult(format=fmt, path=target, quantization=quantization, base_gguf=base_target)
+    with _scratch(target.parent, "merged") as merged_dir:
+        if src.kind == "adapter":
+            log.info("export_merging", adapter=str(src.path))
+            reference = merge_adapter(src.path, merged_dir, base=base, trust_remote_code=trust_remote_code)
+        else:
+            reference = src.path
+        name = _artifact_name(src.path)
+        if fmt == "gguf":
+            written = _write_model_gguf(reference, target, quantization, name, result.notes)
+        else:
+            from .adapter_gguf import write_adapter_gguf
+
+            base_dir = local_model_dir(find_base(src, base))
+            written = _write_model_gguf(base_dir, base_target, quantization, base_dir.name, result.notes)
+            write_adapter_gguf(src.path, base_dir, target)
+        log.info("export_written", path=str(target), quantization=quantization)
+        stop_tokens = [written.vocab.tokens[i] for i in written.vocab.stop_ids]
+        if verify:
+            from .parity import verify_gguf
+
+            model_file, adapter_file = (target, None) if fmt == "gguf" else (base_target, target)
+            report = verify_gguf(model_file, reference, quantization, adapter_path=adapter_file)
+            result.report = report
+            extra = {"format": fmt, "notes": result.notes, "source": str(src.path)}
+            if fmt == "gguf-adapter":
+                extra["base_gguf"] = str(base_target)
+                if not report.passed:
+                    base_target.replace(base_target.with_name(base_target.stem + FAILED_MARK + base_target.suffix))
+            result.report_path = _finish_report(report, target, extra)
+        _write_sidecars(result, reference, written, stop_tokens, system, num_ctx, run)
+    if ollama:
+        _register(result, ollama_name or "")
+    return result
+
+
+def _write_sidecars(result: ExportResult, model_dir: Path, written: Any, stop_tokens: list[str],
+                    system: str | None, num_ctx: int | None, run: Any) -> None:
+    from .ollama import build_modelfile, write_modelfile
+
+    model_file = result.path if result.format == "gguf" else result.base_gguf
+    adapter_file = result.path if result.format == "gguf-adapter" else None
+    config = load_config(model_dir)
+    modelfile = build_modelfile(model_file, model_dir, stop_tokens=stop_tokens,
+                                context_length=int(config.max_position_embeddings), adapter_path=adapter_file,
+                                system=system, num_ctx=num_ctx)
+    if modelfile is None:
+        result.notes.append("no Ollama TEMPLATE reproduces this chat template; Modelfile not written")
+    else:
+        result.modelfile = write_modelfile(modelfile, result.path.with_name(MODELFILE_NAME))
+        result.modelfile_spec = modelfile
+    if run is not None:
+        write_run_record(result.path.parent, run)
+
+
+def _register(result: ExportResult, name: str) -> None:
+    from .ollama import register
+
+    if result.modelfile is None:
+        raise BackpropagateError("INPUT_TEMPLATE_UNTRANSLATABLE",
+                                 "the model's chat template matches none of the verified Ollama templates "
+                                 f"(llama3, qwen2, chatml, phi3, smollm3, mistral); {result.path} was kept.")
+    result.ollama_host = register(name, result.modelfile_spec, result.modelfile)
+    result.ollama_model = name
+
+
+def _export_merged(src: ExportSource, output: str | Path | None, base: str | Path | None, overwrite: bool,
+                   run: Any, trust_remote_code: bool) -> ExportResult:
+    if src.kind != "adapter":
+        raise BackpropagateError("INPUT_INVALID_VALUE", f"{src.path} is already a full model; nothing to merge.")
+    target = check_output_path(Path(output) if output is not None else _default_output(src, "merged", ""),
+                               overwrite=overwrite, what="output folder")
+    path = merge_adapter(src.path, target, base=base, trust_remote_code=trust_remote_code)
+    if run is not None:
+        write_run_record(path, run)
+    return ExportResult(format="merged", path=path)

@@ -1,0 +1,103 @@
+"""Turn a loaded base model into what trains: a LoRA / DoRA / PiSSA / LoftQ adapter, or every weight.
+
+The adapter is always built by peft (``LoraConfig`` + ``get_peft_model``). PiSSA moves the principal
+singular components of each base weight into the adapter, so the untouched initial adapter is kept
+and the result is saved as a plain LoRA adapter (peft's weight conversion) that loads on the
+original base. Full fine-tuning unfreezes every weight and saves a whole model folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import LoraSettings
+from ..errors import BackpropagateError
+
+
+@dataclass
+class Trainable:
+    """The model to train and what saving it needs."""
+
+    model: Any
+    init_adapter_dir: Path | None = None  # PiSSA: the initial adapter, for the conversion on save
+    trainable_params: int = 0
+    total_params: int = 0
+
+
+def _count(model: Any) -> tuple[int, int]:
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each layer in the backward pass; non-reentrant, so frozen inputs need no grad hook."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def build_full(model: Any) -> Trainable:
+    """Every weight trains."""
+    for param in model.parameters():
+        param.requires_grad_(True)
+    trainable, total = _count(model)
+    return Trainable(model, None, trainable, total)
+
+
+def build_lora(model: Any, lora: LoraSettings, seed: int, *, model_name: str) -> Trainable:
+    """Wrap ``model`` in a LoRA (or DoRA) adapter initialised as ``lora.init_weights`` asks."""
+    from peft import LoraConfig, get_peft_model
+
+    init: bool | str = "pissa" if lora.init_weights == "pissa" else True
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=lora.target_modules, bias="none", task_type="CAUSAL_LM",
+                        use_dora=lora.use_dora, init_lora_weights=init)
+    torch.manual_seed(seed)
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as exc:
+        if "not found in the base model" in str(exc) or "Target modules" in str(exc):
+            raise BackpropagateError(
+                "INPUT_INVALID_VALUE", f"target_modules={lora.target_modules!r} matches no layer: {exc}",
+                hint='Use "all-linear" or names such as q_proj, v_proj.') from exc
+        raise
+    init_dir = None
+    if lora.init_weights == "loftq":
+        from .loftq import init_loftq
+
+        init_loftq(peft_model, model_name)
+    elif lora.init_weights == "pissa":
+        init_dir = _save_initial_adapter(peft_model)
+    trainable, total = _count(peft_model)
+    return Trainable(peft_model, init_dir, trainable, total)
+
+
+def _save_initial_adapter(peft_model: Any) -> Path:
+    """Keep the untrained PiSSA adapter in a temporary folder that lives as long as the model."""
+    folder = Path(tempfile.mkdtemp(prefix="backpropagate-pissa-init-"))
+    config = peft_model.peft_config["default"]
+    config.init_lora_weights = True  # reloading the initial adapter must not redo the SVD
+    try:
+        peft_model.save_pretrained(folder, safe_serialization=True)
+    finally:
+        config.init_lora_weights = "pissa"
+    weakref.finalize(peft_model, shutil.rmtree, folder, True)
+    return folder
+
+
+def save_trained(model: Any, tokenizer: Any, folder: Path, *, init_adapter_dir: Path | None = None) -> None:
+    """Write the adapter (or the full model) and the tokenizer into ``folder`` (safetensors)."""
+    if init_adapter_dir is not None:  # PiSSA -> a plain LoRA adapter (rank 2r) for the original base
+        model.save_pretrained(folder, safe_serialization=True,
+                              path_initial_model_for_weight_conversion=str(init_adapter_dir))
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)

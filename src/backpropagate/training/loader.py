@@ -1,0 +1,89 @@
+"""Load what a run trains: pick the backend (Unsloth or transformers + peft), load, build the method.
+
+The order is cheap checks first (method combination, installed extras, full fine-tuning size from the
+config alone), then weights. Every degradation (Unsloth missing or broken, or not used for a method)
+becomes one note for the start-up ``Degradation knobs`` line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..errors import BackpropagateError
+from .defaults import RunDefaults
+from .methods import check_dependencies, check_method
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    backend: str  # "unsloth" or "transformers+peft"
+    notes: list[str] = field(default_factory=list)
+    init_adapter_dir: Path | None = None
+    trainable_params: int = 0
+    total_params: int = 0
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
+
+
+def try_unsloth(settings: Settings, defaults: RunDefaults) -> tuple[LoadedModel | None, list[str]]:
+    """The Unsloth-built model, or None and the reason it was not used.
+
+    A failure (import or loader) with ``unsloth_fallback=False`` is DEP_UNSLOTH_UNAVAILABLE.
+    """
+    from .unsloth_backend import load_with_unsloth, unsupported_reason
+
+    if not settings.model.use_unsloth:
+        return None, []
+    reason = unsupported_reason(settings)
+    if reason is not None:
+        return None, [f"unsloth not used: {reason}"]
+    try:
+        model, tokenizer = load_with_unsloth(settings, defaults)
+    except Exception as exc:  # noqa: BLE001 - any Unsloth failure is a degradation or a coded error
+        if isinstance(exc, BackpropagateError):
+            raise
+        if not settings.model.unsloth_fallback:
+            raise BackpropagateError("DEP_UNSLOTH_UNAVAILABLE",
+                                     f"Unsloth could not load ({_short(exc)}) and unsloth_fallback=False.") from exc
+        return None, [f"unsloth unavailable ({_short(exc)}); falling back to transformers + peft"]
+    params = list(model.parameters())
+    return LoadedModel(model, tokenizer, "unsloth", trainable_params=sum(p.numel() for p in params if
+                                                                         p.requires_grad),
+                       total_params=sum(p.numel() for p in params)), []
+
+
+def load_for_training(settings: Settings, defaults: RunDefaults) -> LoadedModel:
+    """Tokenizer + model ready to train, as the settings and the smart defaults ask."""
+    import torch
+
+    from ..plan import check_full_finetune_size
+    from .adapters import build_full, build_lora, enable_gradient_checkpointing
+    from .model import load_model, load_tokenizer
+
+    check_method(settings)
+    check_dependencies(settings, defaults.optim)
+    full = settings.training.mode == "full"
+    if full:
+        check_full_finetune_size(settings.model.name, trust_remote_code=settings.model.trust_remote_code)
+    loaded, notes = try_unsloth(settings, defaults)
+    if loaded is not None:
+        return loaded
+    device = torch.device("cuda" if defaults.device == "cuda" else "cpu")
+    tokenizer = load_tokenizer(settings.model)
+    base = load_model(settings.model, device, defaults.torch_dtype)
+    if defaults.gradient_checkpointing:
+        enable_gradient_checkpointing(base)
+    if full:
+        trainable = build_full(base)
+    else:
+        trainable = build_lora(base, settings.lora, settings.training.seed, model_name=settings.model.name)
+    return LoadedModel(trainable.model, tokenizer, "transformers+peft", notes, trainable.init_adapter_dir,
+                       trainable.trainable_params, trainable.total_params)

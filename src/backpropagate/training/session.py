@@ -1,0 +1,189 @@
+"""One training run's life on disk: its history row, its checkpoints, resuming it, and its guards.
+
+The Trainer opens a session before loading anything, lets it check a resume (cheaply, before the model
+loads), starts the history row once the model is ready, hands its hooks to the loop, and closes it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackpropagateError, invalid_value
+from ..logs import redact
+from ..runs.store import RunRecord, RunStore
+from .checkpoints import (
+    LoadedCheckpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    restore_into,
+    run_checkpoint_dir,
+    write_checkpoint,
+)
+from .engine import FaultHook, LoopHooks, LoopState
+from .guards import OomRecovery, ThermalGuard
+from .resume import choose_checkpoint, config_differences, pick_run, run_config
+
+DEFAULT_STEPS = 100
+
+
+class RunSession:
+    """Checkpoints, history and guards of one run (new, or resumed under its old run id)."""
+
+    def __init__(self, store: RunStore, run_id: str, record: RunRecord | None, *, data: Any, steps: int,
+                 format: str | None, text_column: str | None, curriculum: bool = False) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.record = record
+        self.data, self.steps, self.format, self.text_column = data, steps, format, text_column
+        self.curriculum = curriculum
+        self.settings: Any = None
+        self.run_dir = run_checkpoint_dir(store.path.parent, run_id)
+        self.config: dict[str, Any] = {}
+        self.checkpoint: LoadedCheckpoint | None = None
+        self.force = False
+        self.differences: list[str] = []
+        self.guard: ThermalGuard | None = None
+        self.begun = False
+        self._last_saved = -1
+        self._started = time.perf_counter()
+
+    # ---- before the model loads ------------------------------------------------------------
+    @classmethod
+    def open(cls, output_dir: Path, *, resume: str | bool | None, data: Any, steps: int | None,
+             format: str | None, text_column: str | None, curriculum: bool = False) -> RunSession:
+        """Find the run to resume (coded errors for unknown, ambiguous, running or finished ones)."""
+        store = RunStore.for_output(output_dir)
+        store.check()
+        record = pick_run(store, resume) if resume not in (None, False) else None
+        if record is None:
+            if data is None:
+                raise invalid_value("data", None, "a dataset file, folder, hub name or datasets.Dataset")
+            return cls(store, uuid.uuid4().hex, None, data=data, steps=steps or DEFAULT_STEPS, format=format,
+                       text_column=text_column, curriculum=curriculum)
+        saved = record.config.get("dataset", {})
+        if data is None:
+            if not record.dataset_path:
+                raise invalid_value("data", None, f"the dataset: run {record.run_id[:8]} was trained on an "
+                                    "in-memory dataset, pass it again")
+            data = record.dataset_path
+        return cls(store, record.run_id, record, data=data, steps=steps or record.steps,
+                   format=format if format is not None else saved.get("format"),
+                   text_column=text_column if text_column is not None else saved.get("text_column"),
+                   curriculum=curriculum or bool(saved.get("curriculum")))
+
+    @property
+    def resuming(self) -> bool:
+        return self.record is not None
+
+    def prepare(self, settings: Any, fingerprint: str, *, force: bool, log: Any) -> None:
+        """Build the run config; when resuming, compare it with the run's and pick the checkpoint."""
+        self.settings = settings
+        self.force = force
+        self.config = run_config(settings, steps=self.steps, data_path=_data_path(self.data),
+                                 fingerprint=fingerprint, format=self.format, text_column=self.text_column,
+                                 curriculum=self.curriculum)
+        if self.record is None:
+            return
+        self.differences = config_differences(self.record.config, self.config)
+        if self.differences and not force:
+            raise BackpropagateError(
+                "INPUT_RESUME_MISMATCH", f"run {self.run_id[:8]} was started with other data or settings: "
+                f"{'; '.join(self.differences)}.")
+        if self.differences:
+            log.warning("resume_forced", differences=self.differences)
+        ref = choose_checkpoint(self.run_dir, self.record, log)
+        if ref is None:
+            log.warning("resume_from_start", reason="the run wrote no checkpoint before it stopped")
+            return
+        self.checkpoint = load_checkpoint(ref.path)
+        log.info("resuming", from_step=ref.step, checkpoint=str(ref.path))
+
+    # ---- training --------------------------------------------------------------------------
+    def begin(self, *, model_name: str, batch_size: int) -> None:
+        """Write the history row (new run) or mark the run running again (resume)."""
+        self.config["batch_size_resolved"] = batch_size
+        history = list(self.checkpoint.trainer_state["loss_history"]) if self.checkpoint else []
+        if self.record is None:
+            self.store.start(run_id=self.run_id, model=model_name, dataset_path=_data_path(self.data),
+                             dataset_hash=self.config["dataset"]["fingerprint"], config=self.config,
+                             steps=self.steps)
+        else:
+            self.store.resume(self.run_id, config=self.config, dataset_hash=self.config["dataset"]["fingerprint"],
+                              steps=self.steps, completed_steps=self.checkpoint.step if self.checkpoint else 0,
+                              loss_history=history)
+        self.begun = True
+        self._started = time.perf_counter()
+
+    def loop_hooks(self, model: Any, *, callback: Any, log: Any, fault_hook: FaultHook | None = None,
+                   thermal_guard: ThermalGuard | None = None) -> LoopHooks:
+        """Hooks for ``train_loop``: restore, checkpoint + thermal check after each step, OOM policy."""
+        training = self.settings.training
+        device = next(model.parameters()).device
+        self.guard = thermal_guard or ThermalGuard.from_settings(training, device)
+        self._callback, self._log, self._fault = callback, log, fault_hook
+        log.info("guards", oom_recovery=training.oom_recovery, thermal_guard=self.guard.status,
+                 save_steps=training.save_steps, keep_checkpoints=training.keep_checkpoints)
+
+        def restore(state: LoopState) -> None:
+            assert self.checkpoint is not None
+            batch_changed = any(d.startswith(("batch_size", "gradient_accumulation")) for d in self.differences)
+            restore_into(state, self.checkpoint, keep_batch=not batch_changed, check_plan=not self.force)
+            self._last_saved = state.step
+
+        return LoopHooks(restore=restore if self.checkpoint is not None else None, after_step=self._after_step,
+                         fault=fault_hook, oom=OomRecovery(enabled=training.oom_recovery, log=log))
+
+    def _after_step(self, state: LoopState) -> None:
+        save_steps = self.settings.training.save_steps
+        if (save_steps and state.step % save_steps == 0) or state.step == state.steps_total:
+            self.save_checkpoint(state)
+        if self.guard is not None:
+            self.guard.check(state.step, lambda: self.save_checkpoint(state), self._log)
+
+    def save_checkpoint(self, state: LoopState) -> Path | None:
+        """Checkpoint the loop after ``state.step`` (once per step), prune old ones, update the history."""
+        if self._last_saved == state.step:
+            return None
+        started = time.perf_counter()
+        elapsed = (self.checkpoint.trainer_state.get("elapsed_seconds", 0.0) if self.checkpoint else 0.0) + \
+            started - self._started
+        path = write_checkpoint(self.run_dir, state, run_id=self.run_id, config=self.config,
+                                elapsed_seconds=elapsed, fault_hook=self._fault)
+        self._last_saved = state.step
+        prune_checkpoints(self.run_dir, self.settings.training.keep_checkpoints)
+        self.store.progress(self.run_id, completed_steps=state.step, loss_history=state.result.loss_history,
+                            checkpoints=[str(c.path) for c in list_checkpoints(self.run_dir)])
+        self._log.info("checkpoint_saved", step=state.step, path=str(path),
+                       seconds=round(time.perf_counter() - started, 3))
+        self._callback.fire("on_save", str(path))
+        return path
+
+    # ---- the end ---------------------------------------------------------------------------
+    def complete(self, run: Any) -> None:
+        self.store.finish(self.run_id, "completed", completed_steps=run.steps, loss_history=run.loss_history,
+                          output_path=run.output_path)
+
+    def fail(self, exc: BaseException, log: Any = None) -> None:
+        """Close the history row of a run that stopped early; never masks the original error."""
+        if not self.begun:
+            return
+        status = "failed" if isinstance(exc, Exception) else "interrupted"
+        code = getattr(exc, "code", None) or ("RUNTIME_TRAINING_FAILED" if status == "failed" else None)
+        try:
+            self.store.finish(self.run_id, status, error_code=code,
+                              error_message=redact(str(exc))[:500] or type(exc).__name__)
+        except Exception as err:  # noqa: BLE001 - e.g. the disk that failed the run fails this write too
+            if log is not None:
+                log.warning("history_not_updated", error=getattr(err, "code", type(err).__name__))
+
+
+def _data_path(data: Any) -> str | None:
+    """How the history remembers the data: an absolute path, a hub name, or None for in-memory data."""
+    if isinstance(data, str | Path):
+        path = Path(data).expanduser()
+        return str(path.resolve()) if path.exists() else str(data)
+    return None
