@@ -251,8 +251,8 @@ class Trainer:
             max_grad_norm=cfg.max_grad_norm, seed=seed, shuffle=shuffle, optim=defaults.optim)
 
     def multi_run(self, dataset: Any = None, *, num_runs: int | None = None, steps_per_run: int | None = None,
-                  samples_per_run: int | None = None, merge_mode: str = "slao", eval_fraction: float = 0.1,
-                  lambda_schedule: Any = "1/sqrt(i)", experimental: bool = False,
+                  samples_per_run: int | None = None, merge_mode: str | None = None,
+                  eval_fraction: float | None = None, lambda_schedule: Any = None, experimental: bool | None = None,
                   resume: str | bool | None = None, force: bool = False, format: str | None = None,
                   text_column: str | None = None, callback: TrainingCallback | None = None,
                   fault_hook: Any = None) -> Any:
@@ -261,10 +261,12 @@ class Trainer:
         ``dataset`` is a list of datasets (one per run, the paper's setting) or one dataset cut into
         ``num_runs`` (default 5) successive chunks of ``samples_per_run`` rows (default: all rows, evenly).
         Each run trains ``steps_per_run`` (default 100) optimizer steps with a fresh optimizer; a share
-        ``eval_fraction`` of each run's rows is held out, and after every run the merged adapter is
-        scored on the held-out rows of all runs so far (the forgetting matrix). ``merge_mode="none"`` is
-        plain sequential LoRA; ``lambda_schedule`` is ``"1/sqrt(i)"`` (the paper's), ``"1/i"``, a number or
-        a function of i. DoRA and PiSSA/LoftQ inits need ``experimental=True`` (flagged in the report).
+        ``eval_fraction`` (default 0.1) of each run's rows is held out, and after every run the merged
+        adapter is scored on the held-out rows of all runs so far (the forgetting matrix).
+        ``merge_mode`` is ``"slao"`` (default) or ``"none"`` (plain sequential LoRA); ``lambda_schedule`` is
+        ``"1/sqrt(i)"`` (default, the paper's), ``"1/i"``, a number or a function of i. DoRA and PiSSA/LoftQ
+        inits need ``experimental=True`` (flagged in the report). Arguments left as None take the
+        campaign's own values when resuming.
 
         The merged adapter is saved to ``<output_dir>/lora`` and stays loaded, so ``export()`` works next;
         each run's own adapter goes to ``<output_dir>/multi_run/<run_id>/run-<i>``, the report to

@@ -54,9 +54,14 @@ def _report(code: str, message: str, hint: str) -> None:
         sys.stderr.write(redact(f"hint: {hint}\n"))
 
 
+def register_commands() -> None:
+    """Import every command module; each registers its commands on ``app`` when imported."""
+    from . import data, export, info, multi_run, plan, resume, train  # noqa: F401
+
+
 def main() -> None:
     """Console-script entry point."""
-    from . import data, export, info, plan, resume, train  # noqa: F401 - registers the commands
+    register_commands()
 
     try:
         app()

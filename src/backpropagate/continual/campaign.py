@@ -150,9 +150,31 @@ def _stored_data(trainer: Any, resume: Any) -> list[str]:
     return list(datasets)
 
 
+DEFAULTS = {"num_runs": None, "steps_per_run": 100, "samples_per_run": None, "merge_mode": "slao",
+            "eval_fraction": 0.1, "lambda_schedule": "1/sqrt(i)", "experimental": False}
+
+
+def _resumed_arguments(trainer: Any, resume: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """Arguments left as None: the campaign's own when resuming one by id, else the defaults."""
+    stored: dict[str, Any] = {}
+    if resume not in (None, False, True):
+        from ..runs.store import RunStore
+
+        stored = RunStore.for_output(trainer.output_dir).get(str(resume)).config.get("multi_run", {})
+    out = {}
+    for key, default in DEFAULTS.items():
+        value = given[key]
+        if value is None:
+            value = stored.get(key, default)
+            if isinstance(value, str) and value.startswith("callable:"):
+                raise invalid_value("lambda_schedule", None, "the same function the campaign was started with")
+        out[key] = value
+    return out
+
+
 def run_campaign(trainer: Any, dataset: Any = None, *, num_runs: int | None = None, steps_per_run: int | None = None,
-                 samples_per_run: int | None = None, merge_mode: str = "slao", eval_fraction: float = 0.1,
-                 lambda_schedule: Any = "1/sqrt(i)", experimental: bool = False, resume: str | bool | None = None,
+                 samples_per_run: int | None = None, merge_mode: str | None = None, eval_fraction: float | None = None,
+                 lambda_schedule: Any = None, experimental: bool | None = None, resume: str | bool | None = None,
                  force: bool = False, format: str | None = None, text_column: str | None = None,
                  callback: TrainingCallback | None = None, fault_hook: Any = None) -> MultiRunResult:
     """The body of :meth:`backpropagate.Trainer.multi_run` (see there for the arguments)."""
@@ -160,6 +182,13 @@ def run_campaign(trainer: Any, dataset: Any = None, *, num_runs: int | None = No
     from ..runs.store import RunStore
 
     log = get_logger()
+    args = _resumed_arguments(trainer, resume, {
+        "num_runs": num_runs, "steps_per_run": steps_per_run, "samples_per_run": samples_per_run,
+        "merge_mode": merge_mode, "eval_fraction": eval_fraction, "lambda_schedule": lambda_schedule,
+        "experimental": experimental})
+    num_runs, steps_per_run, samples_per_run = args["num_runs"], args["steps_per_run"], args["samples_per_run"]
+    merge_mode, eval_fraction, lambda_schedule = args["merge_mode"], args["eval_fraction"], args["lambda_schedule"]
+    experimental = bool(args["experimental"])
     notes = _check_arguments(trainer.settings, num_runs, steps_per_run, merge_mode, lambda_schedule, experimental)
     eval_fraction = check_fraction(eval_fraction)
     if samples_per_run is not None and (isinstance(samples_per_run, bool) or not isinstance(samples_per_run, int)
@@ -173,7 +202,6 @@ def run_campaign(trainer: Any, dataset: Any = None, *, num_runs: int | None = No
     if len(sources) > 1 and num_runs is not None and num_runs != len(sources):
         raise invalid_value("num_runs", num_runs, f"{len(sources)}: one run per dataset given")
     num_runs = len(sources) if len(sources) > 1 else (num_runs or 5)
-    steps_per_run = steps_per_run or 100
     defaults = trainer.smart_defaults()
     loaded = [load_examples(s, require_assistant=defaults.train_on_responses, format=format,
                             text_column=text_column) for s in sources]
@@ -240,7 +268,7 @@ class _Campaign:
             if isinstance(exc, BackpropagateError) or not isinstance(exc, Exception):
                 raise
             raise BackpropagateError("RUNTIME_TRAINING_FAILED",
-                                     f"multi-run failed: {type(exc).__name__}: {exc}") from exc
+                                     f"multi-run failed: {type(exc).__name__}: {redact(str(exc))[:300]}") from exc
         store.finish(self.run_id, "completed", completed_steps=len(self.slices) * self.steps_per_run,
                      loss_history=trainer.last_run.loss_history, output_path=result.output_path)
         store.set_details(self.run_id, self._details(state, result))

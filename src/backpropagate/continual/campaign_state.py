@@ -128,8 +128,8 @@ def check_fraction(eval_fraction: float) -> float:
 def _flatten(prefix: str, pairs: dict[str, Pair]) -> dict[str, Any]:
     out = {}
     for name, (a, b) in pairs.items():
-        out[f"{prefix}.{name}.A"] = a.detach().contiguous().cpu()
-        out[f"{prefix}.{name}.B"] = b.detach().contiguous().cpu()
+        out[f"{prefix}.{name}.A"] = a.detach().cpu().clone()  # own storage: merged may alias last
+        out[f"{prefix}.{name}.B"] = b.detach().cpu().clone()
     return out
 
 
