@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PIP_TORCH_ARGS ?=
 # The extras `make test` needs: every optional feature is tested, so all of them but the heaviest.
-EXTRAS ?= dev,export,qlora,data
+EXTRAS ?= dev,export,qlora,data,ui,tracking
 # llama-cpp-python compiles from source; a native build segfaults on the first decode of a quantized
 # model on some (AMX-capable) CPUs, so it is built for the generic target.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
@@ -17,7 +17,13 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean browser
+
+# The web UI's browser tests drive Debian's chromium through Playwright (browser downloads are not
+# possible here). Installed when missing and running as root; otherwise those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +37,7 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(VENV)/bin/pytest -q
 
 demo: $(STAMP)

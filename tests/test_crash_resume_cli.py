@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,10 +23,10 @@ from backpropagate.training.checkpoints import (
     run_checkpoint_dir,
     verify_checkpoint,
 )
+from process_helpers import BACKPROP, wait_for
 
 pytestmark = pytest.mark.slow
 
-BACKPROP = str(Path(sys.executable).with_name("backprop"))
 ARGS = ["--data", str(quickstart_path()), "--steps", "8", "--save-steps", "1", "--lora-r", "4",
         "--lora-alpha", "8", "--batch-size", "2", "--gradient-accumulation", "2", "--max-seq-length", "64"]
 
@@ -40,17 +38,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def spawn(log: Path, *args: str, delay: float = 0.0) -> subprocess.Popen[bytes]:
     env = {**ENV, DELAY_ENV: str(delay)}
     return subprocess.Popen([BACKPROP, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-
-
-def wait_for(condition, what: str, proc: subprocess.Popen[bytes], timeout: float = 240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        assert proc.poll() is None, f"process ended (rc={proc.returncode}) before {what}"
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def run_id_of(out: Path, proc: subprocess.Popen[bytes]) -> str:

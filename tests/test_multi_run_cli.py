@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,10 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 from backpropagate import runs
+from process_helpers import BACKPROP, wait_for
 
 pytestmark = pytest.mark.slow
 
-BACKPROP = str(Path(sys.executable).with_name("backprop"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # both campaigns must use the same thread count to be bit-equal
 
 
@@ -29,17 +27,6 @@ def _args(data: Path, model: Path, out: Path) -> list[str]:
             "--seed", "3"]
 
 
-def _wait(condition, what: str, proc: subprocess.Popen, timeout: float = 240.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        assert proc.poll() is None, f"the campaign ended (rc={proc.returncode}) before {what}"
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_sigkilled_campaign_resumes_bit_identical(tiny_llama: Path, shared_datasets: Path, tmp_path: Path) -> None:
     data = shared_datasets / "identity.json"
     reference = subprocess.Popen([BACKPROP, *_args(data, tiny_llama, tmp_path / "ref")], env=ENV,
@@ -47,8 +34,8 @@ def test_sigkilled_campaign_resumes_bit_identical(tiny_llama: Path, shared_datas
     out = tmp_path / "out"
     crash = subprocess.Popen([BACKPROP, *_args(data, tiny_llama, out)], env=ENV, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    run_id = _wait(lambda: next((r.run_id for r in runs.list(out)), None), "its history row", crash)
-    _wait(lambda: (out / "multi_run" / run_id / "run-1").is_dir()
+    run_id = wait_for(lambda: next((r.run_id for r in runs.list(out)), None), "its history row", crash)
+    wait_for(lambda: (out / "multi_run" / run_id / "run-1").is_dir()
           and (out / "checkpoints" / run_id / "after-run-0001").is_dir(), "the end of run 1", crash)
     crash.send_signal(signal.SIGKILL)
     assert crash.wait(timeout=30) == -signal.SIGKILL

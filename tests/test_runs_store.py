@@ -83,16 +83,21 @@ def test_a_killed_process_reads_as_interrupted(tmp_path: Path) -> None:
 
 def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
-    body = """
+    go = tmp_path / "go"
+    body = f"""
+        while not os.path.exists({str(go)!r}):  # all four start writing together
+            time.sleep(0.005)
         run_id = sys.argv[1]
-        store.start(run_id=run_id, model="m", dataset_path=None, dataset_hash=None, config={}, steps=40)
+        store.start(run_id=run_id, model="m", dataset_path=None, dataset_hash=None, config={{}}, steps=40)
         for step in range(1, 41):
             store.progress(run_id, completed_steps=step, loss_history=[1.0 / s for s in range(1, step + 1)],
-                           checkpoints=[f"/c/{run_id}/step-{step:06d}"])
+                           checkpoints=[f"/c/{{run_id}}/step-{{step:06d}}"])
         store.finish(run_id, "completed", completed_steps=40, loss_history=[1.0 / s for s in range(1, 41)],
                      output_path="/o/" + run_id)
     """
     writers = [subprocess.Popen([sys.executable, "-c", _child(db, body), f"writer{i}"]) for i in range(4)]
+    time.sleep(2.0)  # let every interpreter start and import
+    go.touch()
     started = time.monotonic()
     assert [w.wait(timeout=120) for w in writers] == [0, 0, 0, 0]
     records = {r.run_id: r for r in runs.list(tmp_path)}

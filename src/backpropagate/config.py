@@ -76,6 +76,7 @@ class TrainingSettings(BaseModel):
     save_steps: int = Field(50, ge=0, description=_doc("save_steps"))
     keep_checkpoints: int = Field(2, ge=1, description=_doc("keep_checkpoints"))
     oom_recovery: bool = Field(True, description=_doc("oom_recovery"))
+    report_to: str | list[str] = Field("auto", description=_doc("report_to"))
     thermal_pause_celsius: float = Field(85.0, gt=0, description=_doc("thermal_pause_celsius"))
     thermal_resume_celsius: float = Field(75.0, gt=0, description=_doc("thermal_resume_celsius"))
     thermal_critical_celsius: float = Field(95.0, gt=0, description=_doc("thermal_critical_celsius"))
@@ -89,6 +90,19 @@ class TrainingSettings(BaseModel):
         if pause is not None and info.field_name == "thermal_critical_celsius" and value <= pause:
             raise ValueError(f"must be above thermal_pause_celsius ({pause})")
         return value
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to(cls, value: Any) -> Any:
+        from .training.tracking import parse_report_to
+
+        if isinstance(value, tuple):
+            value = list(value)
+        try:
+            parsed = parse_report_to(value)
+        except BackpropagateError as exc:
+            raise ValueError(exc.message) from None
+        return parsed if parsed != [] else "none"
 
     @field_validator("optim")
     @classmethod

@@ -160,6 +160,8 @@ _SPECS = [
               "Call trainer.train(...) before save()/export()."),
     ErrorSpec("STATE_CHECKPOINT_INVALID", "A checkpoint is missing files or fails its checksums.",
               "Nothing valid is left to resume from: start the run again (a new run id)."),
+    ErrorSpec("STATE_DATASET_CHANGED", "The dataset file changed since the run was trained on it.",
+              "Restore the original file, or pass --force (force=True) to replay on the new content."),
     ErrorSpec("STATE_RUN_NOT_FOUND", "No run with this id is in the output directory's history (runs.db).",
               "Check the id and pass the run's output directory (--output)."),
     ErrorSpec("STATE_HISTORY_CORRUPT", "The run history file (runs.db) is not a readable SQLite database.",

@@ -51,6 +51,9 @@ OPTION_DOCS: dict[str, str] = {
     "keep_checkpoints": "How many of the newest checkpoints of a run to keep (>= 1).",
     "oom_recovery": "On a GPU out-of-memory error, halve the micro-batch, double the accumulation (same rows "
                     "per step) and redo the step; False makes the first OOM a RUNTIME_GPU_OOM failure.",
+    "report_to": 'Experiment trackers: "auto" (each of tensorboard, mlflow, wandb that is installed), "none", or '
+                 "names (a list, or comma-separated). Files go to the output directory; W&B without "
+                 "credentials runs offline.",
     "thermal_pause_celsius": "GPU temperature at which training checkpoints and pauses (NVML; off on the CPU).",
     "thermal_resume_celsius": "A paused run continues once the GPU is below this temperature.",
     "thermal_critical_celsius": "At this GPU temperature training checkpoints and stops "

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from .atomic import check_writable_dir, write_dir_atomically
 from .config import Settings, resolve_settings
 from .errors import BackpropagateError, invalid_value
-from .logs import bound_run, get_logger
+from .logs import bound_run, configure, get_logger
 from .training.callbacks import TrainingCallback, TrainingRun
 
 
@@ -57,6 +57,7 @@ class Trainer:
         gradient_checkpointing: bool | Literal["auto"] | None = None,
         use_unsloth: bool | None = None,
         unsloth_fallback: bool | None = None,
+        report_to: str | list[str] | None = None,
     ) -> None:
         from .training.methods import check_method
 
@@ -75,12 +76,13 @@ class Trainer:
         return Path(self.settings.training.output_dir).expanduser()
 
     @classmethod
-    def from_run(cls, run_id: str, output_dir: str | Path | None = None, **overrides: Any) -> Trainer:
+    def from_run(cls, run_id: str, output_dir: str | Path | None = None, *, new_output_dir: str | Path | None = None,
+                 **overrides: Any) -> Trainer:
         """A Trainer with the settings run ``run_id`` (or a unique prefix of it) was started with.
 
         Then ``trainer.train(resume=run_id)`` finishes that run. ``overrides`` are Trainer arguments on
         top (e.g. ``save_steps=10``); one that changes the training itself makes the resume refuse unless
-        ``force=True``.
+        ``force=True``. ``new_output_dir`` trains into another folder (a replay) instead of the run's own.
         """
         import inspect
 
@@ -92,7 +94,7 @@ class Trainer:
         accepted = inspect.signature(cls.__init__).parameters
         args = {arg: config[group][name] for arg, (group, name) in TRAINER_ARGS.items()
                 if arg in accepted and name in config.get(group, {})}
-        return cls(**{**args, **overrides, "output_dir": output})
+        return cls(**{**args, **overrides, "output_dir": new_output_dir or output})
 
     def smart_defaults(self, hardware: Any = None) -> Any:
         """The values this run uses on ``hardware`` (this machine by default), each with its reason."""
@@ -163,19 +165,32 @@ class Trainer:
             raise invalid_value("steps", steps, "a positive integer")
         check_writable_dir(self.output_dir)
         callback = callback or TrainingCallback()
+        from .training.parallel import Parallel
         from .training.session import RunSession
 
-        session = RunSession.open(self.output_dir, resume=resume, data=data, steps=steps, format=format,
-                                  text_column=text_column, curriculum=curriculum)
+        parallel = Parallel.from_env()  # under torchrun / accelerate launch / srun: this process's rank
+        if parallel is None or parallel.is_main:
+            session = RunSession.open(self.output_dir, resume=resume, data=data, steps=steps, format=format,
+                                      text_column=text_column, curriculum=curriculum)
+        if parallel is not None:
+            shared = parallel.broadcast(session.shared() if parallel.is_main else None)
+            if not parallel.is_main:
+                session = RunSession.follower(self.output_dir, shared, data)
         run_id = session.run_id
         log = get_logger()
         with bound_run(run_id):
+            if parallel is not None:
+                log.info("rank_started", rank=parallel.rank, world_size=parallel.world_size,
+                         local_rank=parallel.local_rank)
+                if not parallel.is_main:
+                    configure(level="WARNING")  # one log for the run: rank 0's
             log.info("run_started", run_id=run_id, model=self.settings.model.name, resume=session.resuming)
             started = time.perf_counter()
             try:
                 run = self._train(session.data, session.steps, callback, session.format, session.text_column,
                                   run_id, log, started, curriculum=session.curriculum, session=session,
-                                  force=force, fault_hook=fault_hook, thermal_guard=thermal_guard)
+                                  force=force, fault_hook=fault_hook, thermal_guard=thermal_guard,
+                                  parallel=parallel)
             except BaseException as exc:
                 session.fail(exc, log)
                 if not isinstance(exc, Exception):
@@ -194,10 +209,11 @@ class Trainer:
     def _train(self, data: Any, steps: int, callback: TrainingCallback, format: str | None,
                text_column: str | None, run_id: str, log: Any, started: float,
                curriculum: bool = False, session: Any = None, force: bool = False, fault_hook: Any = None,
-               thermal_guard: Any = None) -> TrainingRun:
+               thermal_guard: Any = None, parallel: Any = None) -> TrainingRun:
         from .data import load_examples, tokenize_examples
         from .training.defaults import degradation_knobs, degradation_line
         from .training.engine import train_loop
+        from .training.tracking import TrackerHub
 
         cfg = self.settings.training
         defaults = self.smart_defaults()
@@ -209,6 +225,10 @@ class Trainer:
         log.info("dataset_loaded", format=loaded.report.name, rows=loaded.report.total_rows,
                  reason=loaded.report.reason)
         session.prepare(self.settings, loaded.fingerprint, force=force, log=log)  # resume checks, cheap
+        if parallel is not None:  # every rank resumes from the checkpoint rank 0 chose
+            chosen = parallel.broadcast(str(session.checkpoint.path) if session.checkpoint else None)
+            if not parallel.is_main:
+                session.adopt_checkpoint(chosen)
         self._load(defaults)
         log.info(degradation_line(degradation_knobs(self.settings), self._load_notes), backend=self.backend)
         samples = tokenize_examples(self.tokenizer, loaded.examples,
@@ -224,9 +244,21 @@ class Trainer:
         session.begin(model_name=self.settings.model.name, batch_size=batch_size)
         hooks = session.loop_hooks(self.model, callback=callback, log=log, fault_hook=fault_hook,
                                    thermal_guard=thermal_guard)
-        result = train_loop(self.model, samples, loop, pad_token_id=self.tokenizer.pad_token_id,
-                            callback=callback, log=log, hooks=hooks)
-        output = self.save(self.output_dir / self._save_folder_name(), callback=callback)
+        main = parallel is None or parallel.is_main
+        trackers = TrackerHub.open(cfg.report_to, run_id=run_id, output_dir=self.output_dir, config=session.config,
+                                   log=log, main=main)
+        try:
+            result = train_loop(self.model, samples, loop, pad_token_id=self.tokenizer.pad_token_id,
+                                callback=trackers.callback(callback), log=log, hooks=hooks, parallel=parallel)
+        except BaseException:
+            trackers.finish()
+            raise
+        trackers.finish({"loss": result.loss_history[-1], "tokens_trained": result.label_tokens,
+                         "duration_seconds": time.perf_counter() - started}, step=steps)
+        target = self.output_dir / self._save_folder_name()
+        output = self.save(target, callback=callback) if main else target
+        if parallel is not None:
+            self._finish_rank(parallel, log)
         run = TrainingRun(
             run_id=run_id, steps=steps, final_loss=result.loss_history[-1],
             loss_history=result.loss_history, output_path=str(output),
@@ -238,6 +270,20 @@ class Trainer:
         self.last_run = run
         session.complete(run)
         return run
+
+    def _finish_rank(self, parallel: Any, log: Any) -> None:
+        """Wait for rank 0's save, then each rank says which weights it ended with (they must agree)."""
+        import hashlib
+
+        parallel.barrier()
+        digest = hashlib.sha256()
+        for name, param in sorted(self.model.named_parameters()):
+            if param.requires_grad:
+                digest.update(name.encode())
+                digest.update(param.detach().cpu().numpy().tobytes())
+        if not parallel.is_main:
+            configure()
+        log.info("rank_finished", rank=parallel.rank, trainable_sha256=digest.hexdigest())
 
     def _loop_config(self, defaults: Any, *, steps: int, seed: int, shuffle: bool = True) -> Any:
         """The loop settings of one run: the user's settings plus the smart defaults for this machine."""
@@ -362,12 +408,33 @@ class Trainer:
                 check_output_path(Path(output), overwrite=overwrite, what="output folder")
                 saved = self.save(output)
             write_run_record(saved, self.last_run)
-            return ExportResult(format="adapter", path=saved)
+            result = ExportResult(format="adapter", path=saved)
+            self._record_export(result)
+            return result
         default = self.output_dir / ("merged" if format == "merged" else "gguf")
-        return export_model(saved, format, quantization=quantization, output=output or default,
-                            overwrite=overwrite, verify=verify, ollama=ollama, ollama_name=ollama_name,
-                            system=system, run=self.last_run,
-                            trust_remote_code=self.settings.model.trust_remote_code)
+        result = export_model(saved, format, quantization=quantization, output=output or default,
+                              overwrite=overwrite, verify=verify, ollama=ollama, ollama_name=ollama_name,
+                              system=system, run=self.last_run,
+                              trust_remote_code=self.settings.model.trust_remote_code)
+        self._record_export(result)
+        return result
+
+    def _record_export(self, result: Any) -> None:
+        """Add the export to the run's history row (``runs.get(id).details["exports"]``)."""
+        from .runs.store import RunStore
+
+        if self.last_run is None:
+            return
+        store = RunStore.for_output(self.output_dir)
+        try:
+            exports = store.get(self.last_run.run_id).details.get("exports", [])
+            report = getattr(result, "report", None)
+            exports.append({"format": result.format, "path": str(result.path), "quantization": result.quantization,
+                            "parity_passed": None if report is None else report.passed,
+                            "agreement": None if report is None else report.agreement})
+            store.set_details(self.last_run.run_id, {"exports": exports})
+        except BackpropagateError as exc:  # the export itself succeeded; the history only misses a line
+            get_logger().warning("history_not_updated", error=exc.code)
 
     def push(self, repo_id: str, *, folder: str | Path | None = None, private: bool = False,
              token: str | None = None) -> Any:

@@ -18,11 +18,11 @@ from ..training.callbacks import TrainingCallback
 
 
 class TrainingProgress:
-    def __init__(self, total: int | None) -> None:
+    def __init__(self, total: int | None, *, enabled: bool = True) -> None:
         self._progress = Progress(
             TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+            TimeElapsedColumn(), TimeRemainingColumn(), transient=False, disable=not enabled)
         self._task = self._progress.add_task("train", total=total, loss="-", tps="-")
         self._started = False  # shown from the first step on, after the start-up log lines
 

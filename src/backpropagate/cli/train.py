@@ -55,8 +55,28 @@ def train(
                                "from its last checkpoint, bit for bit; see also `backprop resume`."),
     force: bool = typer.Option(False, "--force", help="With --resume: continue even if the data or settings "
                                "differ from the run's."),
+    report_to: str = typer.Option(None, "--report-to", help=DOC["report_to"] + " [default: auto]"),
+    nproc: int = typer.Option(None, "--nproc", help="Train on this many processes per machine (torchrun; one "
+                              "per GPU, or CPU processes with gloo) [default: 1]."),
+    nnodes: int = typer.Option(1, "--nnodes", help="Machines taking part (with --nproc)."),
+    node_rank: int = typer.Option(0, "--node-rank", help="This machine's index, 0 .. nnodes-1."),
+    master_addr: str = typer.Option(None, "--master-addr", help="Address of node 0 (with --nnodes > 1)."),
+    master_port: int = typer.Option(None, "--master-port", help="Port on node 0 [default: 29500]."),
 ) -> None:
     """Fine-tune a LoRA adapter on a dataset and save it to <output>/lora (--mode full: <output>/model)."""
+    import os
+    import sys
+
+    if nproc is not None:
+        from ..training.parallel import check_nproc
+
+        check_nproc(nproc)
+    launching = (nproc or 1) > 1 or nnodes > 1
+    if launching and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # not yet under a launcher: become one
+        from .launch import launch
+
+        raise typer.Exit(launch(sys.argv[1:], nproc=nproc or 1, nnodes=nnodes, node_rank=node_rank,
+                                master_addr=master_addr, master_port=master_port))
     from ..trainer import Trainer
     from .progress import TrainingProgress
 
@@ -68,10 +88,12 @@ def train(
         oom_recovery=oom_recovery, lora_preset=lora_preset, target_modules=target_modules, mode=mode,
         use_dora=use_dora, init_lora_weights=init_lora_weights, load_in_4bit=load_in_4bit, optim=optim,
         gradient_checkpointing=_on_off_auto(gradient_checkpointing), use_unsloth=use_unsloth,
-        unsloth_fallback=unsloth_fallback)
-    with TrainingProgress(steps) as progress:
+        unsloth_fallback=unsloth_fallback, report_to=report_to)
+    with TrainingProgress(steps, enabled=os.environ.get("RANK", "0") == "0") as progress:
         run = trainer.train(data, steps=steps, callback=progress.callback(), format=format,
                             text_column=text_column, curriculum=curriculum, resume=resume, force=force)
+    if os.environ.get("RANK", "0") != "0":
+        return  # the other ranks of a multi-process run: rank 0 reports
     typer.echo(f"run_id: {run.run_id}")
     typer.echo(f"steps: {run.steps}  final loss: {run.final_loss:.4f}  "
                f"(first {run.loss_history[0]:.4f})  {run.duration_seconds:.1f}s")

@@ -221,6 +221,16 @@ def run_campaign(trainer: Any, dataset: Any = None, *, num_runs: int | None = No
                          callback or TrainingCallback(), fault_hook, log).run(store, record, defaults)
 
 
+def _forgetting_metrics(report: ForgettingReport) -> dict[str, float]:
+    """The matrix and its summary as flat tracker metrics."""
+    metrics = {f"forgetting/{k}": v for k, v in (report.summary() or {}).get("accuracy", {}).items()}
+    for i, row in enumerate(report.accuracy, start=1):
+        for j, value in enumerate(row, start=1):
+            metrics[f"forgetting/acc_after_{i}_task_{j}"] = value
+            metrics[f"forgetting/loss_after_{i}_task_{j}"] = report.loss[i - 1][j - 1]
+    return metrics
+
+
 def _name(source: Any) -> str:
     if isinstance(source, str | Path):
         path = Path(source).expanduser()
@@ -255,6 +265,11 @@ class _Campaign:
                       tokenize_examples(tok, s.holdout, train_on_responses=defaults.train_on_responses))
                      for s in self.slices]
         state = self._start_state(store, record)
+        from ..training.tracking import TrackerHub
+
+        self.trackers = TrackerHub.open(trainer.settings.training.report_to, run_id=self.run_id,
+                                        output_dir=trainer.output_dir, config=self.config, log=log)
+        self.callback = self.trackers.callback(self.callback)  # sees the campaign-wide step numbers
         try:
             for i in range(state.runs_done + 1, len(self.slices) + 1):
                 state = self._one_run(i, state, tokenized, defaults)
@@ -264,6 +279,7 @@ class _Campaign:
                 store.set_details(self.run_id, self._details(state))
             result = self._finish(state, started)
         except BaseException as exc:
+            self.trackers.finish()
             self._fail(store, exc)
             if isinstance(exc, BackpropagateError) or not isinstance(exc, Exception):
                 raise
@@ -380,6 +396,8 @@ class _Campaign:
             result.forgetting_json = str(json_path)
             result.notes.append("forgetting.png not written: " + exc.message)
         self.log.info("forgetting_report\n" + state.report.to_text())
+        self.trackers.log(_forgetting_metrics(state.report), step=len(self.slices) * self.steps_per_run)
+        self.trackers.finish()
         trainer.last_run = result.training_run(self.config)
         self.callback.fire("on_complete", trainer.last_run)
         return result

@@ -1,36 +1,53 @@
-"""The run history of an output directory (``<output_dir>/runs.db``), as Python objects.
+"""The run history (``<output_dir>/runs.db``), as Python objects: find, compare, replay and export runs.
 
     >>> from backpropagate import runs
-    >>> for run in runs.list("./output"):
+    >>> for run in runs.list():                 # every output directory this user trained into
     ...     print(run.run_id[:8], run.status, run.final_loss)
-    >>> runs.get("3f2a").checkpoints      # a unique prefix of the id is enough
+    >>> runs.get("3f2a").checkpoints           # a unique prefix of the id is enough
+    >>> runs.diff("3f2a", "9c1d").config       # only the settings that differ
+    >>> runs.replay("3f2a")                    # train again with the same settings and data
 
-A run whose process died without closing its row (SIGKILL, power cut) reads as ``interrupted``.
+A run whose process died without closing its row (SIGKILL, power cut) reads as ``interrupted``. The
+CLI's ``list-runs``, ``show-run``, ``diff-runs``, ``replay`` and ``export-runs`` only format these results.
 """
 
 from __future__ import annotations
 
 import builtins
 from pathlib import Path
+from typing import Any
 
+from .history import EXPORT_FORMATS, RunDiff, diff_runs, export_runs, get_run, list_runs, replay_run
+from .plots import plot_losses, terminal_curve
 from .store import HISTORY_FILE, STATUSES, RunRecord, RunStore
 
-__all__ = ["HISTORY_FILE", "STATUSES", "RunRecord", "RunStore", "get", "list"]
+__all__ = ["EXPORT_FORMATS", "HISTORY_FILE", "STATUSES", "RunDiff", "RunRecord", "RunStore", "diff", "export",
+           "get", "list", "plot_losses", "replay", "terminal_curve"]
 
 
-def _store(output_dir: str | Path | None) -> RunStore:
-    if output_dir is None:
-        from ..config import Settings
-
-        output_dir = Settings().training.output_dir
-    return RunStore.for_output(output_dir)
-
-
-def list(output_dir: str | Path | None = None) -> builtins.list[RunRecord]:  # noqa: A001 - the API name
-    """Every run recorded in ``output_dir`` (default: the configured output directory), newest first."""
-    return _store(output_dir).list()
+def list(output_dir: str | Path | None = None, *, status: str | None = None,  # noqa: A001 - the API name
+         limit: int | None = None) -> builtins.list[RunRecord]:
+    """Runs newest first: of ``output_dir``, or (None) of every output directory in the user's index."""
+    return list_runs(output_dir, status=status, limit=limit)
 
 
 def get(run_id: str, output_dir: str | Path | None = None) -> RunRecord:
-    """One run by its id or a unique prefix of it (``STATE_RUN_NOT_FOUND``, ``INPUT_RUN_ID_AMBIGUOUS``)."""
-    return _store(output_dir).get(run_id)
+    """One run by its id or a unique prefix (``STATE_RUN_NOT_FOUND``, ``INPUT_RUN_ID_AMBIGUOUS``)."""
+    return get_run(run_id, output_dir)
+
+
+def diff(a: str, b: str, output_dir: str | Path | None = None) -> RunDiff:
+    """Runs ``a`` and ``b`` side by side: the differing settings, the dataset hashes, the results."""
+    return diff_runs(a, b, output_dir)
+
+
+def replay(run_id: str, output_dir: str | Path | None = None, *, new_output: str | Path | None = None,
+           force: bool = False, callback: Any = None) -> Any:
+    """Train the run again with its settings and data; returns the new ``TrainingRun``."""
+    return replay_run(run_id, output_dir, new_output=new_output, force=force, callback=callback)
+
+
+def export(format: str = "jsonl", out: str | Path | None = None, output_dir: str | Path | None = None, *,
+           status: str | None = None) -> str:
+    """The whole history as ``jsonl``, ``csv`` or ``json`` text, also written to ``out`` when given."""
+    return export_runs(format, out, output_dir, status=status)

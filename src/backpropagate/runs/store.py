@@ -76,7 +76,9 @@ class RunRecord:
     pid: int | None = None
     hostname: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
-    """Extra results of the run; a multi-run campaign keeps its per-run merges and forgetting matrix here."""
+    """Extra results: tokens and throughput, exports, the run it replays, a campaign's merges and forgetting."""
+    output_dir: str | None = None
+    """The output directory whose runs.db holds this run."""
 
 
 def _now() -> str:
@@ -180,7 +182,8 @@ class RunStore:
 
     def list(self) -> list[RunRecord]:
         """Every run, newest first."""
-        return [_record(row) for row in self._read("SELECT * FROM runs ORDER BY started_at DESC, rowid DESC")]
+        return [_record(row, self.path.parent) for row in
+                self._read("SELECT * FROM runs ORDER BY started_at DESC, rowid DESC")]
 
     def get(self, run_id: str) -> RunRecord:
         """The run with this id, or the one run whose id starts with it."""
@@ -196,12 +199,15 @@ class RunStore:
             listed = ", ".join(f"{r['run_id']} ({r['status']}, {r['started_at']})" for r in rows[:5])
             raise BackpropagateError("INPUT_RUN_ID_AMBIGUOUS",
                                      f"{run_id!r} matches {len(rows)} runs: {listed}.")
-        return _record(rows[0])
+        return _record(rows[0], self.path.parent)
 
     # ---- writing ---------------------------------------------------------------------------
     def start(self, *, run_id: str, model: str, dataset_path: str | None, dataset_hash: str | None,
               config: dict[str, Any], steps: int) -> None:
-        """Record a new run as ``running`` in this process."""
+        """Record a new run as ``running`` in this process (and remember its output dir in the index)."""
+        from .index import remember
+
+        remember(self.path.parent)
         now = _now()
         with self._transaction() as conn:
             conn.execute(
@@ -218,7 +224,7 @@ class RunStore:
         """
         with self._transaction() as conn:
             row = conn.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
-            if row is not None and _record(row).status == "running":
+            if row is not None and _record(row, self.path.parent).status == "running":
                 raise BackpropagateError("STATE_RUN_IN_PROGRESS", f"run {run_id} is being trained by pid "
                                          f"{row['pid']} on {row['hostname']}.")
             conn.execute(
@@ -238,10 +244,12 @@ class RunStore:
                          (completed_steps, json.dumps(loss_history), json.dumps(checkpoints), _now(), run_id))
 
     def set_details(self, run_id: str, details: dict[str, Any]) -> None:
-        """Replace the run's extra results (JSON-serializable)."""
+        """Merge ``details`` into the run's extra results (top-level keys are replaced)."""
         with self._transaction() as conn:
+            row = conn.execute("SELECT details_json FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            merged = {**(json.loads(row["details_json"]) if row else {}), **details}
             conn.execute("UPDATE runs SET details_json=?, updated_at=? WHERE run_id=?",
-                         (json.dumps(details, default=str), _now(), run_id))
+                         (json.dumps(merged, default=str), _now(), run_id))
 
     def finish(self, run_id: str, status: str, *, completed_steps: int | None = None,
                loss_history: list[float] | None = None, output_path: str | None = None,
@@ -265,7 +273,7 @@ class RunStore:
             conn.execute(f"UPDATE runs SET {', '.join(sets)} WHERE run_id=?", (*values, run_id))
 
 
-def _record(row: sqlite3.Row) -> RunRecord:
+def _record(row: sqlite3.Row, output_dir: Path) -> RunRecord:
     status = row["status"]
     if status == "running" and not _alive(row["pid"], row["pid_start"], row["hostname"]):
         status = "interrupted"
@@ -277,7 +285,8 @@ def _record(row: sqlite3.Row) -> RunRecord:
         checkpoints=json.loads(row["checkpoints_json"]), output_path=row["output_path"],
         error_code=row["error_code"], error_message=row["error_message"], pid=row["pid"],
         hostname=row["hostname"],
-        details=json.loads(row["details_json"]) if "details_json" in row.keys() else {})  # noqa: SIM118 - sqlite3.Row: `in` tests values
+        details=json.loads(row["details_json"]) if "details_json" in row.keys() else {},  # noqa: SIM118 - sqlite3.Row: `in` tests values
+        output_dir=str(Path(output_dir).resolve()))
 
 
 def _alive(pid: int | None, token: str | None, hostname: str | None) -> bool:

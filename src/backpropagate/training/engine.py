@@ -7,6 +7,7 @@ what is being minimised.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -132,6 +133,8 @@ class LoopState:
     step: int = 0  # optimizer steps completed
     tokens_seen: int = 0
     epochs_announced: int = 0
+    parallel: Any = None  # training.parallel.Parallel of a multi-process run
+    forward_model: Any = None  # what is called: ``model``, or the DistributedDataParallel around it
 
 
 FaultHook = Callable[[str, int, Any], None]
@@ -154,19 +157,27 @@ class LoopHooks:
 
 def train_loop(model: torch.nn.Module, samples: Sequence[TokenizedSample], cfg: LoopConfig, *,
                pad_token_id: int, callback: TrainingCallback | None = None, log: Any = None,
-               hooks: LoopHooks | None = None) -> LoopResult:
-    """Run optimizer steps up to ``cfg.steps`` over ``samples`` and return the per-step losses."""
+               hooks: LoopHooks | None = None, parallel: Any = None) -> LoopResult:
+    """Run optimizer steps up to ``cfg.steps`` over ``samples`` and return the per-step losses.
+
+    With ``parallel`` (a ``training.parallel.Parallel``) this process trains its share of every step.
+    """
     from .guards import OomRecovery
 
     callback = callback or TrainingCallback()
     hooks = hooks or LoopHooks()
     oom = hooks.oom or OomRecovery(log=log)
+    if parallel is not None and oom.enabled:  # one rank halving its batch alone would stall the others
+        oom = OomRecovery(enabled=False, log=log)
+        if log is not None:
+            log.info("oom_recovery_off", reason="multi-process run: every rank must keep the same micro-batch")
     torch.manual_seed(cfg.seed)
     stream = DataStream(samples, cfg.max_seq_length, packing=cfg.packing, seed=cfg.seed, shuffle=cfg.shuffle)
     optimizer, scheduler = build_optimizer(model, cfg)
     state = LoopState(model=model, optimizer=optimizer, scheduler=scheduler, stream=stream,
                       result=LoopResult(truncated=stream.truncated), batch_size=cfg.batch_size,
-                      gradient_accumulation=cfg.gradient_accumulation, steps_total=cfg.steps)
+                      gradient_accumulation=cfg.gradient_accumulation, steps_total=cfg.steps,
+                      parallel=parallel, forward_model=parallel.wrap(model) if parallel is not None else model)
     if hooks.restore is not None:
         hooks.restore(state)  # weights, optimizer, schedule, data position and RNG of a checkpoint
     if stream.truncated and log is not None:
@@ -208,22 +219,40 @@ def train_loop(model: torch.nn.Module, samples: Sequence[TokenizedSample], cfg: 
 
 def _accumulate(state: LoopState, step: int, pad_token_id: int, callback: TrainingCallback,
                 fault: FaultHook | None) -> tuple[list[list[PackedRow]], float, int]:
-    """Forward and backward passes of one optimizer step: its micro-batches, summed loss and target count."""
+    """Forward and backward passes of one optimizer step: its micro-batches, summed loss and target count.
+
+    In a multi-process run the sums are over every rank, and each rank's loss is scaled by the world size
+    because DistributedDataParallel averages the gradients.
+    """
+    parallel = state.parallel
     micro_batches = [_take(state, callback) for _ in range(state.gradient_accumulation)]
     n_targets = sum(t != IGNORE_INDEX for rows in micro_batches for r in rows for t in r.targets)
+    scale = 1.0
+    if parallel is not None:
+        n_targets = int(parallel.all_sum(n_targets))
+        scale = float(parallel.world_size)
     loss_total = 0.0
+    last = len(micro_batches) - 1
     for index, rows in enumerate(micro_batches):
         if fault is not None:
             fault("micro_batch", step, index)
-        loss_sum, _ = forward_packed(state.model, collate(rows, pad_token_id))
-        if n_targets:
-            (loss_sum / n_targets).backward()
+        sync = parallel is None or index == last
+        with parallel.no_sync(state.forward_model, sync) if parallel is not None else contextlib.nullcontext():
+            loss_sum, _ = forward_packed(state.forward_model, collate(rows, pad_token_id))
+            if n_targets:
+                (loss_sum * (scale / n_targets)).backward()
         loss_total += float(loss_sum.detach())
+    if parallel is not None:
+        loss_total = parallel.all_sum(loss_total)
     return micro_batches, loss_total, n_targets
 
 
 def _take(state: LoopState, callback: TrainingCallback) -> list[PackedRow]:
-    rows, _ = state.stream.take(state.batch_size)
+    if state.parallel is None:
+        rows, _ = state.stream.take(state.batch_size)
+    else:  # every rank reads the whole global micro-batch and keeps its slice, so the order is shared
+        rows, _ = state.stream.take(state.batch_size * state.parallel.world_size)
+        rows = state.parallel.my_rows(rows)
     while state.epochs_announced < state.stream.epoch:  # announced once, even when a step is redone
         state.epochs_announced += 1
         callback.fire("on_epoch", state.epochs_announced)

@@ -34,7 +34,8 @@ class RunSession:
     """Checkpoints, history and guards of one run (new, or resumed under its old run id)."""
 
     def __init__(self, store: RunStore, run_id: str, record: RunRecord | None, *, data: Any, steps: int,
-                 format: str | None, text_column: str | None, curriculum: bool = False) -> None:
+                 format: str | None, text_column: str | None, curriculum: bool = False, main: bool = True) -> None:
+        self.main = main  # False on the other ranks of a multi-process run: they read, never write
         self.store = store
         self.run_id = run_id
         self.record = record
@@ -75,6 +76,23 @@ class RunSession:
                    text_column=text_column if text_column is not None else saved.get("text_column"),
                    curriculum=curriculum or bool(saved.get("curriculum")))
 
+    @classmethod
+    def follower(cls, output_dir: Path, shared: dict[str, Any], data: Any) -> RunSession:
+        """The session of a rank other than 0: the run rank 0 opened (``shared``), without writing anything."""
+        return cls(RunStore.for_output(output_dir), shared["run_id"], None, data=shared["data"] or data,
+                   steps=shared["steps"], format=shared["format"], text_column=shared["text_column"],
+                   curriculum=shared["curriculum"], main=False)
+
+    def shared(self) -> dict[str, Any]:
+        """What the other ranks need to follow this run (picklable)."""
+        data = str(self.data) if isinstance(self.data, str | Path) else None
+        return {"run_id": self.run_id, "data": data, "steps": self.steps, "format": self.format,
+                "text_column": self.text_column, "curriculum": self.curriculum}
+
+    def adopt_checkpoint(self, path: str | None) -> None:
+        """A follower resumes from the checkpoint rank 0 chose."""
+        self.checkpoint = load_checkpoint(Path(path)) if path else None
+
     @property
     def resuming(self) -> bool:
         return self.record is not None
@@ -86,7 +104,7 @@ class RunSession:
         self.config = run_config(settings, steps=self.steps, data_path=_data_path(self.data),
                                  fingerprint=fingerprint, format=self.format, text_column=self.text_column,
                                  curriculum=self.curriculum)
-        if self.record is None:
+        if self.record is None or not self.main:
             return
         self.differences = config_differences(self.record.config, self.config)
         if self.differences and not force:
@@ -107,7 +125,9 @@ class RunSession:
         """Write the history row (new run) or mark the run running again (resume)."""
         self.config["batch_size_resolved"] = batch_size
         history = list(self.checkpoint.trainer_state["loss_history"]) if self.checkpoint else []
-        if self.record is None:
+        if not self.main:
+            pass
+        elif self.record is None:
             self.store.start(run_id=self.run_id, model=model_name, dataset_path=_data_path(self.data),
                              dataset_hash=self.config["dataset"]["fingerprint"], config=self.config,
                              steps=self.steps)
@@ -123,7 +143,7 @@ class RunSession:
         """Hooks for ``train_loop``: restore, checkpoint + thermal check after each step, OOM policy."""
         training = self.settings.training
         device = next(model.parameters()).device
-        self.guard = thermal_guard or ThermalGuard.from_settings(training, device)
+        self.guard = thermal_guard or ThermalGuard.from_settings(training, device if self.main else None)
         self._callback, self._log, self._fault = callback, log, fault_hook
         log.info("guards", oom_recovery=training.oom_recovery, thermal_guard=self.guard.status,
                  save_steps=training.save_steps, keep_checkpoints=training.keep_checkpoints)
@@ -146,7 +166,7 @@ class RunSession:
 
     def save_checkpoint(self, state: LoopState) -> Path | None:
         """Checkpoint the loop after ``state.step`` (once per step), prune old ones, update the history."""
-        if self._last_saved == state.step:
+        if self._last_saved == state.step or not self.main:
             return None
         started = time.perf_counter()
         elapsed = (self.checkpoint.trainer_state.get("elapsed_seconds", 0.0) if self.checkpoint else 0.0) + \
@@ -164,12 +184,18 @@ class RunSession:
 
     # ---- the end ---------------------------------------------------------------------------
     def complete(self, run: Any) -> None:
+        if not self.main:
+            return
         self.store.finish(self.run_id, "completed", completed_steps=run.steps, loss_history=run.loss_history,
                           output_path=run.output_path)
+        seconds = run.duration_seconds
+        self.store.set_details(self.run_id, {
+            "tokens_trained": run.tokens_trained, "samples_seen": run.samples_seen, "duration_seconds": seconds,
+            "tokens_per_second": run.tokens_trained / seconds if seconds > 0 else None})
 
     def fail(self, exc: BaseException, log: Any = None) -> None:
         """Close the history row of a run that stopped early; never masks the original error."""
-        if not self.begun:
+        if not self.begun or not self.main:
             return
         status = "failed" if isinstance(exc, Exception) else "interrupted"
         code = getattr(exc, "code", None) or ("RUNTIME_TRAINING_FAILED" if status == "failed" else None)

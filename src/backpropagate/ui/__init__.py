@@ -1,0 +1,60 @@
+"""The web UI (``backprop ui``): Gradio pages over the Python API, one background job, a sandbox.
+
+Gradio is imported only by :func:`launch` / :func:`build_app` (the ``ui`` extra), so importing this
+package, and ``backprop --help``, stay fast. The rules in :mod:`.security` are checked before Gradio is
+even imported: an exposed UI without credentials never starts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import BackpropagateError
+
+__all__ = ["build_app", "launch", "require_gradio"]
+
+
+def require_gradio() -> Any:
+    """Import gradio, or say which extra installs it."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio
+    except ImportError as exc:
+        raise BackpropagateError("DEP_EXTRA_MISSING", "the web UI needs gradio, which is not installed.",
+                                 hint='pip install "backpropagate[ui]"') from exc
+    return gradio
+
+
+def build_app(workspace: Any = None) -> Any:
+    """The Gradio Blocks app over ``workspace`` (a :class:`.workspace.Workspace`; default: the sandbox)."""
+    require_gradio()
+    from .app import build_app as _build
+    from .workspace import Workspace
+
+    return _build(workspace or Workspace())
+
+
+def launch(*, host: str = "127.0.0.1", port: int = 7862, share: bool = False, auth: str | None = None,
+           block: bool = True) -> Any:
+    """Check the exposure rules, then serve the UI. Credentials are passed to Gradio, never printed."""
+    from ..logs import get_logger
+    from .security import MAX_UPLOAD_BYTES, LoginGuard, check_exposure, parse_auth, sandbox_root
+
+    check_exposure(host, share, auth)
+    guard = LoginGuard(*parse_auth(auth)) if auth else None
+    root = sandbox_root(os.environ.get("BACKPROPAGATE_UI__OUTPUT_DIR"))
+    root.mkdir(parents=True, exist_ok=True)
+    # Gradio's own upload cache lives in the sandbox too, so the UI writes nowhere else.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(root / ".gradio"))
+    require_gradio()
+    from .app import CSS
+    from .workspace import Workspace
+
+    demo = build_app(Workspace(root))
+    get_logger().info("ui_starting", url=f"http://{host}:{port}", sandbox=str(root), share=share,
+                      auth="on" if guard else "off")
+    return demo.launch(server_name=host, server_port=port, share=share, auth=guard,
+                       auth_message="backpropagate: sign in" if guard else None, max_file_size=MAX_UPLOAD_BYTES,
+                       allowed_paths=[str(root)], ssr_mode=False, show_error=False, quiet=False,
+                       prevent_thread_lock=not block, css=CSS)

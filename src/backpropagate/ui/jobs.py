@@ -1,0 +1,191 @@
+"""The UI's background job: one at a time, in the server process, so it outlives the browser tab.
+
+A job (training, multi-run, export, resume) runs in a thread and writes its progress into a
+:class:`JobState`; the page polls :meth:`JobRunner.snapshot` with a ``gr.Timer``. Reopening the page
+therefore shows the live state of a job started from another tab. Stopping is cooperative: training
+checks between optimizer steps, writes a checkpoint and stops as ``interrupted`` (resumable).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BackpropagateError
+from ..training.guards import ThermalGuard
+
+__all__ = ["JobContext", "JobRunner", "JobState", "StopGuard", "StopRequested", "error_text"]
+
+MAX_LOG_LINES = 200
+
+
+class StopRequested(KeyboardInterrupt):
+    """Raised inside a job when the user pressed Stop; a KeyboardInterrupt, so runs end ``interrupted``."""
+
+
+def error_text(exc: BaseException) -> tuple[str, str, str]:
+    """(code, message, hint) for any failure; unexpected ones become RUNTIME_UNEXPECTED, secrets redacted."""
+    from ..errors import CATALOG
+    from ..logs import redact
+
+    if isinstance(exc, BackpropagateError):
+        return exc.code, redact(exc.message), redact(exc.hint or "")
+    return ("RUNTIME_UNEXPECTED", redact(f"{type(exc).__name__}: {exc}"), CATALOG["RUNTIME_UNEXPECTED"].hint)
+
+
+@dataclass
+class JobState:
+    """Everything the page shows about the current (or last) job."""
+
+    kind: str = ""  # "train", "multi-run", "export", "resume"
+    status: str = "idle"  # idle, running, stopping, completed, failed, stopped
+    title: str = ""
+    started_at: float | None = None
+    ended_at: float | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # one dict per logged step
+    log: list[str] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+    error: tuple[str, str, str] | None = None  # (code, message, hint)
+
+    @property
+    def running(self) -> bool:
+        return self.status in {"running", "stopping"}
+
+    def latest(self) -> dict[str, Any]:
+        return self.metrics[-1] if self.metrics else {}
+
+    def eta_seconds(self) -> float | None:
+        """Remaining time from the mean pace so far (None before the first step)."""
+        last = self.latest()
+        step, total, elapsed = last.get("step"), last.get("steps_total"), last.get("elapsed_seconds")
+        if not step or not total or elapsed is None:
+            return None
+        return max(0.0, elapsed / step * (total - step))
+
+
+class JobContext:
+    """What a job function gets: progress reporting and the stop flag."""
+
+    def __init__(self, runner: JobRunner) -> None:
+        self._runner = runner
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._runner._stop.is_set()
+
+    def check_stop(self) -> None:
+        if self.stop_requested:
+            raise StopRequested("stopped from the UI")
+
+    def on_log(self, metrics: dict[str, Any]) -> None:
+        """A TrainingCallback ``on_log`` hook: records one step."""
+        keep = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
+        with self._runner._lock:
+            self._runner._state.metrics.append(keep)
+
+    def say(self, line: str) -> None:
+        from ..logs import redact
+
+        with self._runner._lock:
+            lines = self._runner._state.log
+            lines.append(redact(line))
+            del lines[:-MAX_LOG_LINES]
+
+    def set_result(self, **values: Any) -> None:
+        with self._runner._lock:
+            self._runner._state.result.update(values)
+
+
+class StopGuard(ThermalGuard):
+    """The run's thermal guard plus the UI's Stop button: between steps, checkpoint and stop when asked."""
+
+    def __init__(self, ctx: JobContext, inner: ThermalGuard) -> None:
+        super().__init__(inner.read_temperature, pause_at=inner.pause_at, resume_below=inner.resume_below,
+                         critical_at=inner.critical_at, poll_seconds=inner.poll_seconds, sleep=inner.sleep,
+                         clock=inner.clock, off_reason=inner.off_reason)
+        self.ctx = ctx
+
+    @classmethod
+    def for_trainer(cls, ctx: JobContext, trainer: Any) -> StopGuard:
+        """Wrap the guard the trainer would build itself (NVML on a GPU, off on the CPU)."""
+        import torch
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(ctx, ThermalGuard.from_settings(trainer.settings.training, device))
+
+    def check(self, step: int, on_hot: Callable[[], Any], log: Any = None) -> float:
+        paused = super().check(step, on_hot, log)
+        if self.ctx.stop_requested:
+            on_hot()  # the checkpoint, so the run resumes from this step
+            self.ctx.say(f"stopped after step {step}; checkpoint written, the run can be resumed")
+            raise StopRequested(f"stopped from the UI after step {step}")
+        return paused
+
+
+class JobRunner:
+    """Runs at most one job at a time in a daemon thread; thread-safe snapshots for the page."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = JobState()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def snapshot(self) -> JobState:
+        with self._lock:
+            return copy.deepcopy(self._state)
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return self._state.running
+
+    def start(self, kind: str, title: str, fn: Callable[[JobContext], dict[str, Any] | None]) -> None:
+        """Start ``fn(ctx)`` in the background; refused with STATE_RUN_IN_PROGRESS while a job runs."""
+        with self._lock:
+            if self._state.running:
+                current = self._state
+                raise BackpropagateError(
+                    "STATE_RUN_IN_PROGRESS",
+                    f"a {current.kind} job is already running in this UI ({current.title}); only one job runs "
+                    "at a time.", hint="Wait for it to finish, or press Stop on its page first.")
+            self._stop.clear()
+            self._state = JobState(kind=kind, status="running", title=title, started_at=time.time())
+            ctx = JobContext(self)
+            self._thread = threading.Thread(target=self._run, args=(fn, ctx), name=f"ui-job-{kind}", daemon=True)
+            self._thread.start()
+
+    def _run(self, fn: Callable[[JobContext], dict[str, Any] | None], ctx: JobContext) -> None:
+        status, error, result = "completed", None, None
+        try:
+            result = fn(ctx)
+        except StopRequested:
+            status = "stopped"
+        except KeyboardInterrupt:  # a stop raised through a library that re-wrapped it
+            status = "stopped"
+        except Exception as exc:  # noqa: BLE001 - the job's failure is shown on the page, not raised
+            status, error = "failed", error_text(exc)
+        with self._lock:
+            if result:
+                self._state.result.update(result)
+            self._state.status, self._state.error, self._state.ended_at = status, error, time.time()
+
+    def stop(self) -> bool:
+        """Ask the running job to stop at its next safe point; False when nothing runs."""
+        with self._lock:
+            if not self._state.running:
+                return False
+            self._state.status = "stopping"
+        self._stop.set()
+        return True
+
+    def wait(self, timeout: float | None = None) -> JobState:
+        """Block until the current job ends (for tests and the CLI); returns its final state."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return self.snapshot()

@@ -1,0 +1,236 @@
+"""The web UI without a browser: the job runner and the handlers, with real tiny-model training and export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from backpropagate.errors import BackpropagateError
+from backpropagate.ui.jobs import JobRunner, StopRequested
+from backpropagate.ui.views import error_markdown, job_markdown, loss_rows
+from backpropagate.ui.workspace import Workspace
+
+BACKPROP = str(Path(sys.executable).with_name("backprop"))
+FORM = {"preset": "fast", "method": "LoRA", "learning_rate": "", "max_seq_length": 128}
+
+
+def code_of(fn, *args, **kwargs) -> str:
+    with pytest.raises(BackpropagateError) as info:
+        fn(*args, **kwargs)
+    return info.value.code
+
+
+@pytest.fixture()
+def ws(tmp_path: Path, tiny_llama: Path) -> Workspace:
+    return Workspace(tmp_path / "sandbox", default_model=str(tiny_llama))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, shared_datasets: Path) -> Workspace:
+    """A workspace holding one completed 30-step run on identity.json (trained once for the module)."""
+    ws = Workspace(tmp_path_factory.mktemp("ui") / "sandbox", default_model=str(tiny_llama))
+    rel = ws.save_upload(shared_datasets / "identity.json")
+    ws.start_training(dataset=rel, steps=30, model=None, **FORM)
+    state = ws.runner.wait(300)
+    assert state.status == "completed", state.error
+    return ws
+
+
+def test_runner_runs_one_job_at_a_time() -> None:
+    runner = JobRunner()
+    release = threading.Event()
+    runner.start("train", "first", lambda ctx: release.wait(10) and {"done": True})
+    assert runner.busy
+    with pytest.raises(BackpropagateError) as info:
+        runner.start("export", "second", lambda ctx: None)
+    assert info.value.code == "STATE_RUN_IN_PROGRESS" and "already running" in info.value.message
+    release.set()
+    state = runner.wait(10)
+    assert state.status == "completed" and state.result == {"done": True}
+    runner.start("export", "third", lambda ctx: None)  # free again
+    assert runner.wait(10).status == "completed"
+
+
+def test_runner_reports_failures_as_codes_and_stops() -> None:
+    runner = JobRunner()
+
+    def fail(ctx):
+        raise BackpropagateError("INPUT_FILE_NOT_FOUND", "nope.json does not exist", hint="upload it")
+
+    runner.start("train", "bad", fail)
+    state = runner.wait(10)
+    assert state.status == "failed" and state.error == ("INPUT_FILE_NOT_FOUND", "nope.json does not exist", "upload it")
+    assert "[INPUT_FILE_NOT_FOUND]" in job_markdown(state).replace("\\", "") and "Traceback" not in job_markdown(state)
+
+    def loop(ctx):
+        while True:
+            ctx.check_stop()
+            time.sleep(0.01)
+
+    runner.start("train", "endless", loop)
+    assert runner.stop() and runner.wait(10).status == "stopped"
+    assert not runner.stop()
+    runner.start("x", "unexpected", lambda ctx: 1 / 0)
+    assert runner.wait(10).error[0] == "RUNTIME_UNEXPECTED"
+
+
+def test_error_markdown_has_code_message_and_hint() -> None:
+    text = error_markdown(BackpropagateError("INPUT_PATH_OUTSIDE_SANDBOX", "'../x' is outside", hint="use a path"))
+    assert text.replace("\\", "").startswith("**Error** [INPUT_PATH_OUTSIDE_SANDBOX]: '../x' is outside")
+    assert "hint: use a path" in text
+    assert "[RUNTIME_UNEXPECTED]" in error_markdown(ValueError("boom")).replace("\\", "")
+
+
+def test_paths_and_models_stay_in_the_sandbox(ws: Workspace, tmp_path: Path) -> None:
+    for bad in ("../../etc/passwd", "/etc/passwd", "uploads/../../../x.json"):
+        assert code_of(ws.dataset_path, bad) == "INPUT_PATH_OUTSIDE_SANDBOX"
+        assert code_of(ws.inspect_dataset, bad, None) == "INPUT_PATH_OUTSIDE_SANDBOX"
+        assert code_of(ws.start_training, dataset=bad, steps=5, model=None, **FORM) == "INPUT_PATH_OUTSIDE_SANDBOX"
+    assert code_of(ws.dataset_path, "missing.jsonl") == "INPUT_FILE_NOT_FOUND"
+    assert code_of(ws.model_name, "/etc") == "INPUT_PATH_OUTSIDE_SANDBOX"
+    assert code_of(ws.model_name, "../../usr/lib") == "INPUT_PATH_OUTSIDE_SANDBOX"
+    assert ws.model_name("qwen2.5-7b") == "qwen2.5-7b" and ws.model_name("org/some-model") == "org/some-model"
+    assert code_of(Workspace, "/etc") == "INPUT_SANDBOX_FORBIDDEN"
+    assert not ws.runner.busy
+
+
+def test_uploads_are_sanitized_and_size_limited(ws: Workspace, tmp_path: Path, shared_datasets: Path) -> None:
+    evil = tmp_path / "evil.json"
+    evil.write_bytes((shared_datasets / "identity.json").read_bytes())
+    rel = ws.save_upload(evil, "../../etc/passwd.json")
+    assert rel == "uploads/passwd.json" and (ws.root / rel).is_file()
+    assert ws.save_upload(evil, "../../etc/passwd.json") == rel  # same content: the same file
+    assert code_of(ws.save_upload, evil, "notes.sh") == "INPUT_UNSUPPORTED_FILE_TYPE"
+    small = Workspace(ws.root, default_model=ws.default_model, max_upload_bytes=100)
+    assert code_of(small.save_upload, evil, "x.json") == "INPUT_UPLOAD_TOO_LARGE"
+    assert ws.list_files() == ["uploads/passwd.json"]
+
+
+def test_dataset_view_format_rows_preview_and_report(ws: Workspace, shared_datasets: Path) -> None:
+    rel = ws.save_upload(shared_datasets / "identity.json")
+    view = ws.inspect_dataset(rel, None)
+    rows = len(json.loads((shared_datasets / "identity.json").read_text()))
+    assert view["format"] == "alpaca" and view["rows"] == rows
+    trained = "".join(text for text, label in view["preview"] if label == "trained")
+    untrained = "".join(text for text, label in view["preview"] if label is None)
+    first = json.loads((shared_datasets / "identity.json").read_text())[0]
+    assert first["output"].strip()[:20] in trained and first["instruction"][:20] in untrained
+    assert 0 < view["trained_tokens"] < view["preview_tokens"]
+    assert "alpaca" in view["report"] and f"rows        {rows}" in view["report"]
+
+
+def test_form_errors_are_coded_before_anything_runs(ws: Workspace, shared_datasets: Path) -> None:
+    rel = ws.save_upload(shared_datasets / "identity.json")
+    assert code_of(ws.start_training, dataset=rel, steps=0, model=None, **FORM) == "INPUT_INVALID_VALUE"
+    assert code_of(ws.start_training, dataset=rel, steps=5, model=None,
+                   **{**FORM, "learning_rate": "fast"}) == "INPUT_INVALID_VALUE"
+    assert code_of(ws.start_training, dataset=rel, steps=5, model=None, **{**FORM, "method": "RLHF"}) \
+        == "INPUT_INVALID_VALUE"
+    assert "peak (estimate)" in ws.plan_text(model=None, **FORM)
+
+
+@pytest.mark.slow
+def test_training_job_history_details_and_diff(trained: Workspace) -> None:
+    ws = trained
+    state = ws.runner.snapshot()
+    steps = [m["step"] for m in state.metrics]
+    assert steps == list(range(1, 31)) and all(m["tokens_per_second"] > 0 for m in state.metrics)
+    assert len(loss_rows(state)) == 30 and state.eta_seconds() == 0
+    records = ws.list_runs()
+    assert len(records) == 1 and records[0].status == "completed" and records[0].run_id == state.result["run_id"]
+    assert ws.root in Path(records[0].output_dir).parents
+    from backpropagate.ui.views import diff_text, run_text
+
+    assert "completed" in run_text(ws.get_run(records[0].run_id[:6]))
+    plot = ws.plot({"a": records[0].loss_history}, "test")
+    assert plot and Path(plot).is_file() and ws.root in Path(plot).parents
+    from backpropagate import runs
+
+    assert "same dataset: yes" in diff_text(runs.diff(records[0].run_id, records[0].run_id, records[0].output_dir))
+    assert code_of(ws.get_run, "zzzz") == "STATE_RUN_NOT_FOUND"
+
+
+@pytest.mark.slow
+def test_export_f16_gguf_passes_parity(trained: Workspace) -> None:
+    ws = trained
+    run_id = ws.list_runs()[0].run_id
+    ws.start_export(run_id, format="gguf", quantization="f16")
+    state = ws.runner.wait(300)
+    assert state.status == "completed", state.error
+    assert state.result["passed"] is True and "parity: PASSED (f16)" in state.result["parity"]
+    download = Path(state.result["download"])
+    assert download.is_file() and download.suffix == ".gguf" and ws.root in download.parents
+    assert ws.get_run(run_id).details["exports"][0]["parity_passed"] is True
+    ws.start_export(run_id, format="gguf", quantization="f16")  # exists already, no overwrite
+    assert ws.runner.wait(60).error[0] == "STATE_OUTPUT_EXISTS"
+
+
+@pytest.mark.slow
+def test_stop_checkpoints_and_resume_finishes(ws: Workspace, shared_datasets: Path) -> None:
+    rel = ws.save_upload(shared_datasets / "identity.json")
+    ws.start_training(dataset=rel, steps=200, model=None, **FORM)
+    with pytest.raises(BackpropagateError) as info:
+        ws.start_training(dataset=rel, steps=5, model=None, **FORM)
+    assert info.value.code == "STATE_RUN_IN_PROGRESS"
+    deadline = time.time() + 180
+    while len(ws.runner.snapshot().metrics) < 3 and time.time() < deadline:
+        time.sleep(0.2)
+    assert ws.runner.stop()
+    state = ws.runner.wait(120)
+    assert state.status == "stopped", state.error
+    record = ws.get_run(state.result["run_id"])
+    assert record.status == "interrupted" and record.checkpoints and record.completed_steps < 200
+    assert code_of(ws.start_export, record.run_id) == "STATE_NOT_TRAINED"
+    stopped_at = record.completed_steps
+    ws.start_resume(record.run_id)
+    time.sleep(1.0)
+    ws.runner.stop()  # resume works and stops again; the run stays resumable
+    state = ws.runner.wait(120)
+    assert state.status in {"stopped", "completed"}, state.error
+    assert state.metrics and state.metrics[0]["step"] == stopped_at + 1
+
+
+@pytest.mark.slow
+def test_multi_run_job_reports_forgetting(ws: Workspace, shared_datasets: Path) -> None:
+    rel = ws.save_upload(shared_datasets / "identity.json")
+    ws.start_multi_run(datasets=rel, num_runs=2, steps_per_run=3, samples_per_run=None, model=None,
+                       preset="fast", max_seq_length=128)
+    state = ws.runner.wait(300)
+    assert state.status == "completed", state.error
+    assert {m["run"] for m in state.metrics} == {1, 2}
+    assert {r["series"] for r in loss_rows(state)} == {"run 1", "run 2"}
+    assert len([r for r in loss_rows(state) if r["loss"] is not None]) == 6
+    state.metrics = state.metrics[:2]  # mid run 1: run 2 is already named, for the chart's legend
+    assert [r["loss"] is None for r in loss_rows(state)] == [False, False, True]
+    assert "BWT" in state.result["forgetting"] or "bwt" in state.result["forgetting"].lower()
+    assert "multi_run" in ws.get_run(state.result["run_id"]).config
+
+
+def test_cli_refuses_exposure_without_auth_before_gradio(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "BACKPROPAGATE_UI__OUTPUT_DIR": str(tmp_path / "ui")}
+    for args in (["--share"], ["--host", "0.0.0.0"]):
+        done = subprocess.run([BACKPROP, "ui", *args], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 1 and "[INPUT_AUTH_REQUIRED]" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run([BACKPROP, "ui", "--help"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "--auth" in done.stdout and "--share" in done.stdout
+
+
+def test_missing_gradio_is_a_coded_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from backpropagate.ui import require_gradio
+
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    with pytest.raises(BackpropagateError) as info:
+        require_gradio()
+    assert info.value.code == "DEP_EXTRA_MISSING" and 'backpropagate[ui]' in info.value.hint
+
+
+def test_stop_requested_is_a_keyboard_interrupt() -> None:
+    assert issubclass(StopRequested, KeyboardInterrupt)  # so runs end "interrupted", i.e. resumable
