@@ -22,8 +22,6 @@ The figure reported is the peak above that baseline, next to the model's total s
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import hashlib
 import json
 import os
@@ -38,21 +36,14 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from backpropagate.testing.memory import proc_status_bytes, settle_memory
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 METHODS = ("streamed", "naive")
 
 
-def _status(field: str) -> int:
-    """A /proc/self/status field in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
 
 
-def _settle() -> None:
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def convert_streamed(model_dir: Path, output: Path) -> None:
@@ -113,13 +104,13 @@ def child(method: str, model_dir: Path, output: Path) -> dict[str, Any]:
     import backpropagate.export.ollama  # noqa: F401
     import backpropagate.export.pipeline  # noqa: F401
 
-    _settle()
-    baseline = _status("VmRSS")
+    settle_memory()
+    baseline = proc_status_bytes("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
     started = time.perf_counter()
     (convert_streamed if method == "streamed" else convert_naive)(model_dir, output)
     seconds = time.perf_counter() - started
-    return {"method": method, "seconds": seconds, "baseline": baseline, "peak": _status("VmHWM"),
+    return {"method": method, "seconds": seconds, "baseline": baseline, "peak": proc_status_bytes("VmHWM"),
             "out_bytes": output.stat().st_size}
 
 

@@ -11,23 +11,11 @@ peak-RSS counter is reset after step 1 (``/proc/self/clear_refs``) and read afte
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
 import sys
 from pathlib import Path
 
-
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def _settle() -> None:
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+from backpropagate.testing.memory import proc_status_bytes, settle_memory
 
 
 def measure(model_dir: str, data: str, out: str, seq_len: int, extra: dict) -> dict:
@@ -36,22 +24,22 @@ def measure(model_dir: str, data: str, out: str, seq_len: int, extra: dict) -> d
     trainer = Trainer(model_dir, batch_size=1, gradient_accumulation=2, max_seq_length=seq_len, warmup_ratio=0.0,
                       output_dir=out, save_steps=0, **extra)
     plan = trainer.plan(seq_len=seq_len, batch_size=1)
-    _settle()
-    baseline = _status("VmRSS")
+    settle_memory()
+    baseline = proc_status_bytes("VmRSS")
     peak: dict[str, int] = {}
 
     def on_step(step: int, loss: float) -> None:
         if step == 1:
-            _settle()
+            settle_memory()
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         elif step == 2:
-            peak["hwm"] = _status("VmHWM")
+            peak["hwm"] = proc_status_bytes("VmHWM")
 
     trainer.train(data, steps=2, callback=TrainingCallback(on_step=on_step))
     result = {"config": extra, "measured": peak["hwm"] - baseline, "plan": plan.total_bytes,
               "components": plan.components}
     del trainer
-    _settle()
+    settle_memory()
     return result
 
 

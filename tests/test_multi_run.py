@@ -176,6 +176,13 @@ def test_bad_input_is_a_coded_error_before_training(tiny_llama: Path, identity: 
     assert trainer.model is None and not runs.list(tmp_path)  # nothing was loaded or recorded
 
 
+def test_a_campaign_refuses_several_processes(tiny_llama: Path, identity: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets for each of its processes
+    err = _code(Trainer(str(tiny_llama), output_dir=tmp_path).multi_run, identity)
+    assert err.code == "INPUT_INVALID_VALUE" and "one process" in err.message
+
+
 def test_experimental_dora_is_flagged_in_the_report(tiny_llama: Path, identity: Path, tmp_path: Path) -> None:
     result = Trainer(str(tiny_llama), output_dir=tmp_path, use_dora=True, **ARGS).multi_run(
         identity, num_runs=2, steps_per_run=1, samples_per_run=10, experimental=True)

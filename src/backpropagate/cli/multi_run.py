@@ -43,6 +43,7 @@ def multi_run(
     gradient_accumulation: int = typer.Option(None, help=DOC["gradient_accumulation"]),
     max_seq_length: int = typer.Option(None, help=DOC["max_seq_length"] + " [default: 2048]"),
     seed: int = typer.Option(None, help=DOC["seed"] + " [default: 42]"),
+    report_to: str = typer.Option(None, "--report-to", help=DOC["report_to"] + " [default: auto]"),
     resume: str = typer.Option(None, "--resume", help="Continue this campaign (id or unique prefix) in the run it "
                                "stopped in; see also `backprop resume`."),
     force: bool = typer.Option(False, "--force", help="With --resume: continue even if data or settings differ."),
@@ -54,7 +55,7 @@ def multi_run(
     trainer = Trainer(model, lora_preset=lora_preset, lora_r=lora_r, lora_alpha=lora_alpha,
                       target_modules=target_modules, learning_rate=learning_rate, load_in_4bit=load_in_4bit,
                       use_dora=use_dora, batch_size=batch_size, gradient_accumulation=gradient_accumulation,
-                      max_seq_length=max_seq_length, seed=seed, output_dir=output)
+                      max_seq_length=max_seq_length, seed=seed, output_dir=output, report_to=report_to)
     dataset = (data[0] if len(data) == 1 else list(data)) if data else None
     with TrainingProgress(None) as progress:
         result = trainer.multi_run(dataset, num_runs=runs, steps_per_run=steps, samples_per_run=samples,

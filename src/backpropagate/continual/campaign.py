@@ -180,8 +180,13 @@ def run_campaign(trainer: Any, dataset: Any = None, *, num_runs: int | None = No
     """The body of :meth:`backpropagate.Trainer.multi_run` (see there for the arguments)."""
     from ..data import load_examples
     from ..runs.store import RunStore
+    from ..training.parallel import world_from_env
 
     log = get_logger()
+    if world_from_env()[1] > 1:
+        raise BackpropagateError("INPUT_INVALID_VALUE", "multi-run campaigns run in one process; this one was "
+                                 "started on several (torchrun / accelerate launch / srun).",
+                                 hint="Start `backprop multi-run` without a multi-process launcher.")
     args = _resumed_arguments(trainer, resume, {
         "num_runs": num_runs, "steps_per_run": steps_per_run, "samples_per_run": samples_per_run,
         "merge_mode": merge_mode, "eval_fraction": eval_fraction, "lambda_schedule": lambda_schedule,
