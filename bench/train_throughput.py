@@ -77,7 +77,7 @@ class Meter:
         self.active = True
         self.start: float | None = None
         self.end: float | None = None
-        self.positions = self.padding = self.labels = self.forwards = 0
+        self.positions = self.padding = self.labels = 0
 
     def attach(self, model: Any) -> None:
         model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
@@ -88,7 +88,6 @@ class Meter:
         if self.start is None:
             self.start = time.perf_counter()
         ids = kwargs.get("input_ids", args[0] if args else None)
-        self.forwards += 1
         self.positions += ids.numel()
         self.padding += int((ids == self.pad_id).sum())
         labels = kwargs.get("labels")
@@ -162,7 +161,8 @@ def run_ours(prep: Prepared, steps: int, work: Path) -> dict[str, Any]:
     meter.active = False
     meter.labels = run.tokens_trained  # targets are not passed to the model here; the loop counts them
     setup = f"{prep.batch_size} packed rows x {prep.accumulation}"
-    return finish(meter, trainer.model, prep, setup, run.loss_history[-1], untrained=untrained)
+    mean_loss = sum(run.loss_history) / len(run.loss_history)  # as HF's training_loss: mean over steps
+    return finish(meter, trainer.model, prep, setup, mean_loss, untrained)
 
 
 def peer_model(prep: Prepared, wrap: bool) -> Any:
@@ -217,6 +217,7 @@ def run_trl(prep: Prepared, steps: int, work: Path, packing: bool) -> dict[str, 
                        completion_only_loss=True)
     trainer = SFTTrainer(model=peer_model(prep, wrap=False), args=config, train_dataset=data,
                          processing_class=prep.tokenizer, peft_config=lora_config())
+    untrained = heldout_loss(trainer.model, prep.heldout)  # every contender warms up the same way
     meter = Meter(prep.tokenizer.pad_token_id)
     meter.attach(trainer.model)
     trainer.add_callback(step_callback(meter))
@@ -224,7 +225,7 @@ def run_trl(prep: Prepared, steps: int, work: Path, packing: bool) -> dict[str, 
     meter.active = False
     setup = f"{batch} packed rows x {prep.accumulation} (bfd, padding-free)" if packing else \
         f"{batch} rows x {prep.accumulation}"
-    return finish(meter, trainer.model, prep, setup, result.training_loss)
+    return finish(meter, trainer.model, prep, setup, result.training_loss, untrained)
 
 
 def run_hf(prep: Prepared, steps: int, work: Path) -> dict[str, Any]:
@@ -235,6 +236,7 @@ def run_hf(prep: Prepared, steps: int, work: Path) -> dict[str, Any]:
                               "attention_mask": [[1] * len(s.input_ids) for s in prep.train],
                               "labels": [s.labels for s in prep.train]})
     model = peer_model(prep, wrap=True)
+    untrained = heldout_loss(model, prep.heldout)
     meter = Meter(prep.tokenizer.pad_token_id)
     meter.attach(model)
     trainer = Trainer(model=model, args=TrainingArguments(**common_args(prep, steps, prep.peer_batch, work)),
@@ -242,14 +244,15 @@ def run_hf(prep: Prepared, steps: int, work: Path) -> dict[str, Any]:
                       data_collator=DataCollatorForSeq2Seq(prep.tokenizer, padding=True, label_pad_token_id=-100))
     result = trainer.train()
     meter.active = False
-    return finish(meter, model, prep, f"{prep.peer_batch} rows x {prep.accumulation}", result.training_loss)
+    return finish(meter, model, prep, f"{prep.peer_batch} rows x {prep.accumulation}", result.training_loss,
+                  untrained)
 
 
 def finish(meter: Meter, model: Any, prep: Prepared, setup: str, train_loss: float,
-           untrained: float | None = None) -> dict[str, Any]:
+           untrained: float) -> dict[str, Any]:
     steps_seconds = meter.seconds
     return {"setup": setup, "seconds": steps_seconds, "label_tokens": meter.labels,
-            "positions": meter.positions, "padding": meter.padding, "forwards": meter.forwards,
+            "positions": meter.positions, "padding": meter.padding,
             "tokens_per_second": meter.labels / steps_seconds if steps_seconds > 0 else 0.0,
             "padding_fraction": meter.padding / meter.positions if meter.positions else 0.0,
             "train_loss": float(train_loss), "heldout_loss": heldout_loss(model, prep.heldout),
@@ -281,12 +284,6 @@ def need_trl() -> None:
         sys.exit("bench/train_throughput.py needs TRL for its peers: pip install -e '.[bench]'")
 
 
-def versions() -> str:
-    from importlib.metadata import version
-
-    return ", ".join(f"{p} {version(p)}" for p in ("torch", "transformers", "peft", "trl"))
-
-
 def table(results: dict[str, dict[str, Any]]) -> str:
     """The side-by-side markdown table and the verdict on each target of the issue."""
     ours = results["backpropagate"]
@@ -310,9 +307,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     p = ours["padding_fraction"]
     verdicts.append(f"- our padding: {100 * p:.2f} %, target <= {100 * OUR_PADDING_TARGET:.0f} %: "
                     f"**{'met' if p <= OUR_PADDING_TARGET else 'missed'}**")
-    untrained = ours.get("untrained_heldout_loss")
-    note = f"Held-out loss of the untrained model: {untrained:.3f}." if untrained is not None else ""
-    return "\n".join(lines) + "\n\n" + "\n".join(verdicts) + ("\n\n" + note if note else "")
+    before = ", ".join(f"{r['untrained_heldout_loss']:.3f}" for r in results.values())
+    return "\n".join(lines) + "\n\n" + "\n".join(verdicts) + f"\n\nHeld-out loss before training: {before}."
 
 
 def busy_cpu_seconds() -> float | None:
@@ -334,8 +330,9 @@ def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """One contender in a fresh subprocess; also measures the CPU other processes used meanwhile."""
     cmd = [sys.executable, __file__, "--contender", name, "--json", "--steps", str(args.steps),
            "--rows", str(args.rows), "--heldout", str(args.heldout)]
+    wait_until_quiet(args.wait_quiet)
     print(f"running {name} ...", file=sys.stderr, flush=True)
-    started, busy, ours = time.perf_counter(), busy_cpu_seconds(), children_cpu_seconds()
+    started, cpu0, mine0 = time.perf_counter(), busy_cpu_seconds(), children_cpu_seconds()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
@@ -344,13 +341,29 @@ def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     # cores' worth of CPU that other processes took during the run: with 2 cores, anything much above 0
     # slows torch's threads down a lot, so such runs are retried (--retries)
-    r["other_load"] = None if busy is None or after is None else max(
-        0.0, (after - busy - (children_cpu_seconds() - ours)) / wall)
+    r["other_load"] = None if cpu0 is None or after is None else max(
+        0.0, (after - cpu0 - (children_cpu_seconds() - mine0)) / wall)
     load = "?" if r["other_load"] is None else f"{r['other_load']:.2f}"
     print(f"  {r['tokens_per_second']:.0f} trained tok/s, padding {100 * r['padding_fraction']:.1f} %, "
           f"{r['seconds']:.1f} s of steps, {wall:.0f} s in all, other processes' load {load} cores",
           file=sys.stderr)
     return r
+
+
+def wait_until_quiet(timeout: float) -> None:
+    """Start a run only once other processes leave the CPUs alone (a contended run is wasted time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        before = busy_cpu_seconds()
+        time.sleep(5.0)
+        after = busy_cpu_seconds()
+        if before is None or after is None or (after - before) / 5.0 <= BUSY_LOAD:
+            return
+        if time.monotonic() > deadline:
+            print("  the machine is still busy; running anyway", file=sys.stderr)
+            return
+        print(f"  waiting: other processes use {(after - before) / 5.0:.2f} cores", file=sys.stderr, flush=True)
+        time.sleep(25.0)
 
 
 def busy(r: dict[str, Any]) -> bool:
@@ -369,7 +382,6 @@ def parent(args: argparse.Namespace) -> None:
                     break
                 print(f"  other processes were busy (> {BUSY_LOAD} cores): running {name} again",
                       file=sys.stderr)
-                time.sleep(args.retry_wait)
                 runs[name].append(run_child(name, args))
     # the fastest run of each contender, among the uncontended ones when there are any
     results = {name: max([r for r in rs if not busy(r)] or rs, key=lambda r: r["tokens_per_second"])
@@ -379,10 +391,13 @@ def parent(args: argparse.Namespace) -> None:
     if "backpropagate" not in results:
         print(json.dumps(results, indent=2))
         return
+    from importlib.metadata import version
+
     first = results["backpropagate"]
+    versions = ", ".join(f"{p} {version(p)}" for p in ("torch", "transformers", "peft", "trl"))
     print(f"{args.steps} optimizer steps, {first['train_rows']} train rows, {first['heldout_rows']} held-out rows, "
           f"max_seq_length {MAX_LEN}; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, {first['threads']} torch threads; {versions()}; "
+          f"{os.cpu_count()} CPUs, {first['threads']} torch threads; {versions}; "
           f"fastest uncontended of {args.repeats} round(s) each\n")
     print(table(results))
     print("\ntrained tok/s of every run (other processes' load in cores): " + "; ".join(
@@ -397,7 +412,8 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=50, help="rows after the train rows to evaluate on")
     parser.add_argument("--repeats", type=int, default=1, help="rounds; the fastest run of each is kept")
     parser.add_argument("--retries", type=int, default=2, help="extra runs when other processes were busy")
-    parser.add_argument("--retry-wait", type=float, default=30.0, help="seconds to wait before such a retry")
+    parser.add_argument("--wait-quiet", type=float, default=900.0,
+                        help="seconds to wait at most, before each run, for other processes to go idle")
     parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
     parser.add_argument("--contender", choices=CONTENDERS, help="run one contender in this process")
     parser.add_argument("--json", action="store_true", help="with --contender: print its result as JSON")
