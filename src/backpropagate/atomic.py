@@ -10,6 +10,10 @@ from pathlib import Path
 
 from .errors import BackpropagateError
 
+#: System trees nothing of ours may write into or use as a workspace (a typo like `--output /usr/lib/x` as root).
+SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run", "/sbin",
+               "/sys", "/usr", "/var/lib", "/var/log", "/System", "/Library")
+
 
 def check_writable_dir(path: Path, what: str = "output directory") -> None:
     """Fail early if ``path`` is a file or its nearest existing ancestor cannot be written."""

@@ -14,18 +14,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..atomic import SYSTEM_DIRS
 from ..errors import BackpropagateError
-
-# System trees no export should ever write into (a typo like `--output /usr/lib/model.gguf` as root).
-_FORBIDDEN_POSIX = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
-                    "/sbin", "/sys", "/usr", "/var/lib", "/var/log", "/System", "/Library")
 
 
 def _forbidden_roots() -> list[Path]:
     if sys.platform == "win32":  # pragma: no cover - the test machines are Linux
         windir = os.environ.get("SYSTEMROOT", r"C:\Windows")
         return [Path(windir), Path(os.environ.get("PROGRAMFILES", r"C:\Program Files"))]
-    return [Path(p) for p in _FORBIDDEN_POSIX]
+    return [Path(p) for p in SYSTEM_DIRS]
 
 
 def check_output_path(path: Path, *, overwrite: bool, what: str = "output") -> Path:

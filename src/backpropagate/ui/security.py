@@ -20,13 +20,12 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path, PureWindowsPath
 
+from ..atomic import SYSTEM_DIRS
 from ..errors import BackpropagateError
 
 DEFAULT_SANDBOX = "~/.backpropagate/ui-outputs"
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 
-_SYSTEM_DIRS = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/dev", "/proc", "/sys",
-                "/var/lib", "/var/log", "/System", "/Library")
 _CREDENTIAL_DIRS = ("~/.ssh", "~/.aws", "~/.config/gcloud", "~/.gnupg", "~/.kube", "~/.docker",
                     "~/.azure", "~/.cache/huggingface/token", "~/.netrc")
 _WINDOWS_DIRS = ("c:/windows", "c:/program files", "c:/program files (x86)", "c:/programdata")
@@ -61,7 +60,7 @@ def check_exposure(host: str, share: bool, auth: str | None) -> None:
 
 
 def _forbidden_places() -> list[Path]:
-    return [Path(p).expanduser().resolve() for p in (*_SYSTEM_DIRS, *_CREDENTIAL_DIRS)]
+    return [Path(p).expanduser().resolve() for p in (*SYSTEM_DIRS, *_CREDENTIAL_DIRS)]
 
 
 def _is_within(path: Path, parent: Path) -> bool:
