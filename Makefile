@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PIP_TORCH_ARGS ?=
 # The extras `make test` needs: every optional feature is tested, so all of them but the heaviest.
-EXTRAS ?= dev,export,qlora,data,ui,tracking
+EXTRAS ?= dev,export,qlora,data,ui,tracking,deepspeed
 # llama-cpp-python compiles from source; a native build segfaults on the first decode of a quantized
 # model on some (AMX-capable) CPUs, so it is built for the generic target.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF

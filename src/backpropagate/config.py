@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import BackpropagateError
@@ -77,6 +77,9 @@ class TrainingSettings(BaseModel):
     keep_checkpoints: int = Field(2, ge=1, description=_doc("keep_checkpoints"))
     oom_recovery: bool = Field(True, description=_doc("oom_recovery"))
     report_to: str | list[str] = Field("auto", description=_doc("report_to"))
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field("ddp", description=_doc("strategy"))
+    deepspeed_config: Path | None = Field(None, description=_doc("deepspeed_config"))
+    zero_stage: Literal[0, 1, 2, 3] | None = Field(None, description=_doc("zero_stage"))
     thermal_pause_celsius: float = Field(85.0, gt=0, description=_doc("thermal_pause_celsius"))
     thermal_resume_celsius: float = Field(75.0, gt=0, description=_doc("thermal_resume_celsius"))
     thermal_critical_celsius: float = Field(95.0, gt=0, description=_doc("thermal_critical_celsius"))
@@ -90,6 +93,14 @@ class TrainingSettings(BaseModel):
         if pause is not None and info.field_name == "thermal_critical_celsius" and value <= pause:
             raise ValueError(f"must be above thermal_pause_celsius ({pause})")
         return value
+
+    @model_validator(mode="after")
+    def _deepspeed_implies_strategy(self) -> TrainingSettings:
+        if self.deepspeed_config is not None or self.zero_stage is not None:
+            if self.strategy == "fsdp":
+                raise ValueError("strategy='fsdp' cannot take deepspeed_config or zero_stage (DeepSpeed's)")
+            self.strategy = "deepspeed"
+        return self
 
     @field_validator("report_to", mode="before")
     @classmethod

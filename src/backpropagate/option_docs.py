@@ -54,6 +54,15 @@ OPTION_DOCS: dict[str, str] = {
     "report_to": 'Experiment trackers: "auto" (each of tensorboard, mlflow, wandb that is installed), "none", or '
                  "names (a list, or comma-separated). Files go to the output directory; W&B without "
                  "credentials runs offline.",
+    "strategy": 'How the processes of a multi-process run (--nproc, torchrun, srun) share the model: "ddp" '
+                "(each holds all of it; the default), \"fsdp\" (PyTorch FSDP: weights, gradients and optimizer "
+                "state sharded, one decoder layer gathered at a time) or \"deepspeed\" (DeepSpeed ZeRO, the "
+                "deepspeed extra). One process ignores it.",
+    "deepspeed_config": "A DeepSpeed JSON config file (implies strategy=\"deepspeed\"); batch sizes and clipping "
+                        "come from this run's settings (\"auto\" in the file), and it may not name an optimizer "
+                        "or scheduler.",
+    "zero_stage": "DeepSpeed ZeRO stage (implies strategy=\"deepspeed\"): 2 partitions optimizer state and "
+                  "gradients, 3 the weights too; overrides the file's; default 2.",
     "thermal_pause_celsius": "GPU temperature at which training checkpoints and pauses (NVML; off on the CPU).",
     "thermal_resume_celsius": "A paused run continues once the GPU is below this temperature.",
     "thermal_critical_celsius": "At this GPU temperature training checkpoints and stops "

@@ -58,18 +58,24 @@ class Trainer:
         use_unsloth: bool | None = None,
         unsloth_fallback: bool | None = None,
         report_to: str | list[str] | None = None,
+        strategy: Literal["ddp", "fsdp", "deepspeed"] | None = None,
+        deepspeed_config: str | Path | None = None,
+        zero_stage: int | None = None,
     ) -> None:
         from .training.methods import check_method
+        from .training.parallel import check_strategy
 
-        args = {k: v for k, v in locals().items() if k not in {"self", "__class__", "check_method"}}
+        args = {k: v for k, v in locals().items() if k not in {"self", "__class__", "check_method", "check_strategy"}}
         self.settings: Settings = resolve_settings(**args)
         check_method(self.settings)
+        check_strategy(self.settings)  # FSDP / DeepSpeed limits, a DeepSpeed config that does not parse
         self.model: Any = None
         self.tokenizer: Any = None
         self.last_run: TrainingRun | None = None
         self.backend: str | None = None  # "transformers+peft" or "unsloth", once loaded
         self._init_adapter_dir: Path | None = None  # PiSSA: the initial adapter, for saving as plain LoRA
         self._load_notes: list[str] = []  # degradations while loading, for the start-up line
+        self._sharded = False  # after an FSDP run this process holds only its shard of the weights
 
     @property
     def output_dir(self) -> Path:
@@ -168,7 +174,7 @@ class Trainer:
         from .training.parallel import Parallel
         from .training.session import RunSession
 
-        parallel = Parallel.from_env()  # under torchrun / accelerate launch / srun: this process's rank
+        parallel = Parallel.from_env(self.settings.training)  # under torchrun / accelerate launch / srun
         if parallel is None or parallel.is_main:
             session = RunSession.open(self.output_dir, resume=resume, data=data, steps=steps, format=format,
                                       text_column=text_column, curriculum=curriculum)
@@ -256,9 +262,13 @@ class Trainer:
         trackers.finish({"loss": result.loss_history[-1], "tokens_trained": result.label_tokens,
                          "duration_seconds": time.perf_counter() - started}, step=steps)
         target = self.output_dir / self._save_folder_name()
-        output = self.save(target, callback=callback) if main else target
+        weights = None
+        if parallel is not None and parallel.sharded:  # every rank helps gather; rank 0 writes
+            weights, _ = parallel.gather(self.model)
+            self._sharded = True
+        output = self._write(target, callback, weights) if main else target
         if parallel is not None:
-            self._finish_rank(parallel, log)
+            self._finish_rank(parallel, log, weights if main else None)
         run = TrainingRun(
             run_id=run_id, steps=steps, final_loss=result.loss_history[-1],
             loss_history=result.loss_history, output_path=str(output),
@@ -271,16 +281,25 @@ class Trainer:
         session.complete(run)
         return run
 
-    def _finish_rank(self, parallel: Any, log: Any) -> None:
-        """Wait for rank 0's save, then each rank says which weights it ended with (they must agree)."""
+    def _finish_rank(self, parallel: Any, log: Any, gathered: dict[str, Any] | None = None) -> None:
+        """Wait for rank 0's save, then each rank says which weights it ended with (they must agree).
+
+        A sharded run's ranks hold different shards; only rank 0 has the gathered whole to show.
+        """
         import hashlib
 
         parallel.barrier()
+        if gathered is None and parallel.sharded:
+            if not parallel.is_main:
+                configure()
+            log.info("rank_finished", rank=parallel.rank, trainable_sha256="sharded")
+            return
+        tensors = gathered if gathered is not None else {
+            name: param for name, param in self.model.named_parameters() if param.requires_grad}
         digest = hashlib.sha256()
-        for name, param in sorted(self.model.named_parameters()):
-            if param.requires_grad:
-                digest.update(name.encode())
-                digest.update(param.detach().cpu().numpy().tobytes())
+        for name, tensor in sorted(tensors.items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().numpy().tobytes())
         if not parallel.is_main:
             configure()
         log.info("rank_finished", rank=parallel.rank, trainable_sha256=digest.hexdigest())
@@ -352,19 +371,31 @@ class Trainer:
         fine-tuning) is replaced atomically. A PiSSA adapter is saved converted to a plain LoRA adapter
         (rank 2r) that loads on the original base model.
         """
-        from .training.adapters import save_trained
-
         if self.model is None:
             raise BackpropagateError("STATE_NOT_TRAINED", "there is no trained adapter to save yet.")
-        target = Path(path) if path is not None else self.output_dir / self._save_folder_name()
+        self._check_whole()
+        return self._write(Path(path) if path is not None else self.output_dir / self._save_folder_name(), callback)
+
+    def _write(self, target: Path, callback: TrainingCallback | None,
+               state_dict: dict[str, Any] | None = None) -> Path:
+        """``save`` itself; ``state_dict`` holds the gathered weights of a sharded model."""
+        from .training.adapters import save_trained
 
         def write(folder: Path) -> None:
-            save_trained(self.model, self.tokenizer, folder, init_adapter_dir=self._init_adapter_dir)
+            save_trained(self.model, self.tokenizer, folder, init_adapter_dir=self._init_adapter_dir,
+                         state_dict=state_dict)
 
         saved = write_dir_atomically(target, write)
         if callback is not None:
             callback.fire("on_save", str(saved))
         return saved
+
+    def _check_whole(self) -> None:
+        if self._sharded:
+            raise BackpropagateError(
+                "STATE_MODEL_SHARDED", "after an FSDP run each process holds only its shard of the weights.",
+                hint=f"Use the folder the run saved ({self.output_dir / self._save_folder_name()}): "
+                     "`backprop export` it from one process.")
 
     def chat(self, prompt: str, *, max_new_tokens: int = 64, system: str | None = None) -> str:
         """Greedy reply of the trained model to one user message, rendered with its chat template."""
@@ -374,6 +405,7 @@ class Trainer:
 
         if self.model is None:
             raise BackpropagateError("STATE_NOT_TRAINED", "there is no trained model to chat with yet.")
+        self._check_whole()
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -400,6 +432,7 @@ class Trainer:
 
         if self.model is None:
             raise BackpropagateError("STATE_NOT_TRAINED", "there is no trained model to export yet.")
+        self._check_whole()
         saved = self.output_dir / self._save_folder_name()
         if not saved.is_dir():
             self.save(saved)

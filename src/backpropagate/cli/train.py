@@ -62,21 +62,15 @@ def train(
     node_rank: int = typer.Option(0, "--node-rank", help="This machine's index, 0 .. nnodes-1."),
     master_addr: str = typer.Option(None, "--master-addr", help="Address of node 0 (with --nnodes > 1)."),
     master_port: int = typer.Option(None, "--master-port", help="Port on node 0 [default: 29500]."),
+    fsdp: bool = typer.Option(False, "--fsdp", help="Shard weights, gradients and optimizer state across the "
+                              "processes (PyTorch FSDP, one decoder layer at a time) instead of DDP."),
+    deepspeed: Path = typer.Option(None, "--deepspeed", help=DOC["deepspeed_config"]),
+    zero: int = typer.Option(None, "--zero", help=DOC["zero_stage"]),
 ) -> None:
     """Fine-tune a LoRA adapter on a dataset and save it to <output>/lora (--mode full: <output>/model)."""
     import os
     import sys
 
-    if nproc is not None:
-        from ..training.parallel import check_nproc
-
-        check_nproc(nproc)
-    launching = (nproc or 1) > 1 or nnodes > 1
-    if launching and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # not yet under a launcher: become one
-        from .launch import launch
-
-        raise typer.Exit(launch(sys.argv[1:], nproc=nproc or 1, nnodes=nnodes, node_rank=node_rank,
-                                master_addr=master_addr, master_port=master_port))
     from ..trainer import Trainer
     from .progress import TrainingProgress
 
@@ -88,7 +82,18 @@ def train(
         oom_recovery=oom_recovery, lora_preset=lora_preset, target_modules=target_modules, mode=mode,
         use_dora=use_dora, init_lora_weights=init_lora_weights, load_in_4bit=load_in_4bit, optim=optim,
         gradient_checkpointing=_on_off_auto(gradient_checkpointing), use_unsloth=use_unsloth,
-        unsloth_fallback=unsloth_fallback, report_to=report_to)
+        unsloth_fallback=unsloth_fallback, report_to=report_to, strategy="fsdp" if fsdp else None,
+        deepspeed_config=deepspeed, zero_stage=zero)
+    if nproc is not None:
+        from ..training.parallel import check_nproc
+
+        check_nproc(nproc)
+    launching = (nproc or 1) > 1 or nnodes > 1
+    if launching and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # not yet under a launcher: become one
+        from .launch import launch
+
+        raise typer.Exit(launch(sys.argv[1:], nproc=nproc or 1, nnodes=nnodes, node_rank=node_rank,
+                                master_addr=master_addr, master_port=master_port))
     with TrainingProgress(steps, enabled=os.environ.get("RANK", "0") == "0") as progress:
         run = trainer.train(data, steps=steps, callback=progress.callback(), format=format,
                             text_column=text_column, curriculum=curriculum, resume=resume, force=force)

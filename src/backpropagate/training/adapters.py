@@ -93,11 +93,17 @@ def _save_initial_adapter(peft_model: Any) -> Path:
     return folder
 
 
-def save_trained(model: Any, tokenizer: Any, folder: Path, *, init_adapter_dir: Path | None = None) -> None:
-    """Write the adapter (or the full model) and the tokenizer into ``folder`` (safetensors)."""
+def save_trained(model: Any, tokenizer: Any, folder: Path, *, init_adapter_dir: Path | None = None,
+                 state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the adapter (or the full model) and the tokenizer into ``folder`` (safetensors).
+
+    ``state_dict`` replaces the model's own tensors: the gathered weights of a sharded (FSDP) model.
+    """
     if init_adapter_dir is not None:  # PiSSA -> a plain LoRA adapter (rank 2r) for the original base
         model.save_pretrained(folder, safe_serialization=True,
                               path_initial_model_for_weight_conversion=str(init_adapter_dir))
+    elif state_dict is not None:
+        model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     else:
         model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)

@@ -71,12 +71,16 @@ def step_dir_name(step: int) -> str:
 # writing
 # --------------------------------------------------------------------------------------------
 def write_checkpoint(run_dir: Path, state: LoopState, *, run_id: str, config: dict[str, Any],
-                     elapsed_seconds: float = 0.0, fault_hook: FaultHook | None = None) -> Path:
+                     elapsed_seconds: float = 0.0, fault_hook: FaultHook | None = None,
+                     gathered: tuple[dict[str, torch.Tensor], dict[str, Any] | None] | None = None) -> Path:
     """Write the checkpoint of ``state`` (after ``state.step`` steps) atomically; returns its folder.
 
-    A failure (a full disk) leaves no partial folder and every earlier checkpoint untouched; it is raised
-    as ``STATE_WRITE_FAILED``.
+    ``gathered`` is the full (weights, optimizer state) of a sharded model (``Parallel.gather``); without
+    it both are read from ``state``. A failure (a full disk) leaves no partial folder and every earlier
+    checkpoint untouched; it is raised as ``STATE_WRITE_FAILED``.
     """
+    weights, optimizer_state = gathered or (trainable_weights(state.model), state.optimizer.state_dict())
+    optimizer_saved = optimizer_state is not None  # DeepSpeed's partitioned state is not (see training.zero)
     step = state.step
     delay = float(os.environ.get(DELAY_ENV) or 0)
     rng = capture_rng()
@@ -88,10 +92,11 @@ def write_checkpoint(run_dir: Path, state: LoopState, *, run_id: str, config: di
         "epochs_announced": state.epochs_announced, "loss_history": state.result.loss_history,
         "samples_seen": state.result.samples_seen, "label_tokens": state.result.label_tokens,
         "tokens_seen": state.tokens_seen, "elapsed_seconds": elapsed_seconds, "rng": rng_to_json(rng),
+        "optimizer_saved": optimizer_saved,
     }
     writers: list[tuple[str, Any]] = [
-        ("weights.safetensors", lambda path: _save_safetensors(trainable_weights(state.model), path)),
-        ("optimizer.pt", lambda path: torch.save(state.optimizer.state_dict(), path)),
+        ("weights.safetensors", lambda path: _save_safetensors(weights, path)),
+        ("optimizer.pt", lambda path: torch.save(optimizer_state or {}, path)),
         ("scheduler.pt", lambda path: torch.save(state.scheduler.state_dict(), path)),
         ("rng.safetensors", lambda path: _save_safetensors(rng_tensors(rng), path)),
         ("trainer_state.json", lambda path: path.write_text(json.dumps(trainer_state))),
@@ -248,11 +253,13 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
 
 
 def restore_into(state: LoopState, ckpt: LoadedCheckpoint, *, keep_batch: bool = True,
-                 check_plan: bool = True) -> None:
+                 check_plan: bool = True) -> bool:
     """Put a checkpoint back into a freshly built loop: it then continues exactly where the run stopped.
 
     ``keep_batch`` restores the micro-batch and accumulation the run had reached (OOM recovery may have
     lowered them); ``check_plan`` refuses a data stream whose packing order differs from the run's.
+    Returns whether the optimizer state came back too: not from or into a DeepSpeed run, whose optimizer
+    moments restart.
     """
     ts = ckpt.trainer_state
     params = {name: p for name, p in state.model.named_parameters() if p.requires_grad}
@@ -260,10 +267,18 @@ def restore_into(state: LoopState, ckpt: LoadedCheckpoint, *, keep_batch: bool =
         raise BackpropagateError(
             "INPUT_RESUME_MISMATCH", f"the weights of checkpoint {ckpt.path} do not fit this model "
             "(different adapter rank, target modules or mode).")
-    with torch.no_grad():
-        for name, tensor in ckpt.weights.items():
-            params[name].copy_(tensor.to(device=params[name].device, dtype=params[name].dtype))
-    state.optimizer.load_state_dict(ckpt.optimizer)
+    strategy = state.parallel.strategy if state.parallel is not None else None
+    optimizer_restored = bool(ts.get("optimizer_saved", True)) and strategy != "deepspeed"
+    if strategy == "fsdp":
+        from .sharding import load_full_state
+
+        load_full_state(state.model, state.optimizer, ckpt.weights, ckpt.optimizer if optimizer_restored else None)
+    else:  # one process, DDP, or DeepSpeed before its engine copies the weights
+        with torch.no_grad():
+            for name, tensor in ckpt.weights.items():
+                params[name].copy_(tensor.to(device=params[name].device, dtype=params[name].dtype))
+        if optimizer_restored:
+            state.optimizer.load_state_dict(ckpt.optimizer)
     state.scheduler.load_state_dict(ckpt.scheduler)
     state.stream.load_state_dict(ts["stream"])
     if check_plan and state.stream.plan_digest() != ts["stream"]["plan_sha256"]:
@@ -277,6 +292,7 @@ def restore_into(state: LoopState, ckpt: LoadedCheckpoint, *, keep_batch: bool =
     state.result.loss_history = list(ts["loss_history"])
     state.result.samples_seen, state.result.label_tokens = ts["samples_seen"], ts["label_tokens"]
     restore_rng(rng_from_saved(ts["rng"], ckpt.rng))  # last: nothing above may draw from a generator
+    return optimizer_restored
 
 
 def _invalid(path: Path, detail: str) -> BackpropagateError:

@@ -134,7 +134,7 @@ class LoopState:
     tokens_seen: int = 0
     epochs_announced: int = 0
     parallel: Any = None  # training.parallel.Parallel of a multi-process run
-    forward_model: Any = None  # what is called: ``model``, or the DistributedDataParallel around it
+    forward_model: Any = None  # what is called: ``model`` (also when FSDP-sharded), or DDP around it
 
 
 FaultHook = Callable[[str, int, Any], None]
@@ -173,13 +173,19 @@ def train_loop(model: torch.nn.Module, samples: Sequence[TokenizedSample], cfg: 
             log.info("oom_recovery_off", reason="multi-process run: every rank must keep the same micro-batch")
     torch.manual_seed(cfg.seed)
     stream = DataStream(samples, cfg.max_seq_length, packing=cfg.packing, seed=cfg.seed, shuffle=cfg.shuffle)
-    optimizer, scheduler = build_optimizer(model, cfg)
+    engine_later = parallel is not None and parallel.steps_inside
+    forward_model = parallel.wrap(model) if parallel is not None and not engine_later else model  # FSDP replaces
+    optimizer, scheduler = build_optimizer(model, cfg)  # the parameters: the optimizer is built after wrapping
     state = LoopState(model=model, optimizer=optimizer, scheduler=scheduler, stream=stream,
                       result=LoopResult(truncated=stream.truncated), batch_size=cfg.batch_size,
                       gradient_accumulation=cfg.gradient_accumulation, steps_total=cfg.steps,
-                      parallel=parallel, forward_model=parallel.wrap(model) if parallel is not None else model)
+                      parallel=parallel, forward_model=forward_model)
     if hooks.restore is not None:
         hooks.restore(state)  # weights, optimizer, schedule, data position and RNG of a checkpoint
+    if engine_later:  # DeepSpeed takes over optimizer and schedule, and partitions the weights as restored
+        state.forward_model = parallel.wrap_engine(model, optimizer, scheduler, micro_batch=state.batch_size,
+                                                   accumulation=state.gradient_accumulation,
+                                                   max_grad_norm=cfg.max_grad_norm)
     if stream.truncated and log is not None:
         log.warning("samples_truncated", count=stream.truncated, max_seq_length=cfg.max_seq_length)
     model.train()
@@ -192,10 +198,11 @@ def train_loop(model: torch.nn.Module, samples: Sequence[TokenizedSample], cfg: 
         loss = loss_total / max(n_targets, 1)
         if not math.isfinite(loss):
             raise BackpropagateError("RUNTIME_LOSS_NOT_FINITE", f"loss is {loss} at step {step}.")
-        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        if not engine_later:  # (DeepSpeed's engine clipped and stepped with the last micro-batch)
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
         state.step = step
         state.result.loss_history.append(loss)
         state.result.label_tokens += n_targets
@@ -239,7 +246,9 @@ def _accumulate(state: LoopState, step: int, pad_token_id: int, callback: Traini
         sync = parallel is None or index == last
         with parallel.no_sync(state.forward_model, sync) if parallel is not None else contextlib.nullcontext():
             loss_sum, _ = forward_packed(state.forward_model, collate(rows, pad_token_id))
-            if n_targets:
+            if parallel is not None and parallel.steps_inside:  # the engine counts every micro-batch
+                parallel.backward(state.forward_model, loss_sum * (scale / n_targets if n_targets else 0.0))
+            elif n_targets:
                 (loss_sum * (scale / n_targets)).backward()
         loss_total += float(loss_sum.detach())
     if parallel is not None:

@@ -1,8 +1,8 @@
 """Several processes, one run: who this process is, and the plumbing the loop needs (through accelerate).
 
 A run under ``torchrun``, ``accelerate launch`` or SLURM ``srun`` is detected from the environment. The
-process group and the DistributedDataParallel wrapper come from accelerate; nothing here speaks to the
-network itself. Every rank builds the same model, reads the same packed stream and takes its own slice of
+process group and the DistributedDataParallel wrapper come from accelerate, FSDP from PyTorch
+(``training.sharding``); nothing here speaks to the network itself. Every rank builds the same model, reads the same packed stream and takes its own slice of
 each micro-batch (so N processes at batch b train on the rows one process at batch N*b would); the loss is
 normalized by the token count of the whole step across ranks, so the update is the single-process one.
 Only the main process writes history, checkpoints, trackers and the final adapter.
@@ -42,6 +42,8 @@ class Parallel:
     rank: int
     world_size: int
     local_rank: int
+    strategy: str = "ddp"  # "ddp" (every rank holds the whole model), "fsdp" or "deepspeed" (partitioned)
+    deepspeed: dict[str, Any] | None = None  # the DeepSpeed config (without the batch shape) of "deepspeed"
 
     @property
     def accelerator(self) -> Any:
@@ -57,9 +59,19 @@ class Parallel:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def sharded(self) -> bool:
+        """Weights are split across ranks: saving them is a collective every rank takes part in."""
+        return self.strategy != "ddp"
+
+    @property
+    def steps_inside(self) -> bool:
+        """The engine (DeepSpeed) clips and steps the optimizer itself at the end of each accumulation."""
+        return self.strategy == "deepspeed"
+
     @classmethod
-    def from_env(cls) -> Parallel | None:
-        """The running multi-process context, or None for an ordinary single-process run."""
+    def from_env(cls, training: Any = None) -> Parallel | None:
+        """The running multi-process context (strategy from ``TrainingSettings``), or None for one process."""
         rank, world, local_rank = world_from_env()
         if world <= 1:
             return None
@@ -67,7 +79,14 @@ class Parallel:
 
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
-        return cls(_accelerator=_new_accelerator(), rank=rank, world_size=world, local_rank=local_rank)
+        strategy = training.strategy if training is not None else "ddp"
+        deepspeed = None
+        if strategy == "deepspeed":
+            from .zero import load_config
+
+            deepspeed = load_config(training.deepspeed_config, training.zero_stage)
+        return cls(_accelerator=_new_accelerator(), rank=rank, world_size=world, local_rank=local_rank,
+                   strategy=strategy, deepspeed=deepspeed)
 
     # ---- collective helpers --------------------------------------------------------------------
     def broadcast(self, value: Any) -> Any:
@@ -89,8 +108,43 @@ class Parallel:
 
     # ---- the model ----------------------------------------------------------------------------
     def wrap(self, model: Any) -> Any:
-        """The model as the loop should call it: DistributedDataParallel around the same parameters."""
+        """The model as the loop should call it: DistributedDataParallel around the same parameters, or
+        the model itself sharded in place (FSDP). The optimizer is built after this."""
+        if self.strategy == "fsdp":
+            from .sharding import shard_fsdp
+
+            return shard_fsdp(model, self.world_size)
         return self.accelerator.prepare_model(model)
+
+    def wrap_engine(self, model: Any, optimizer: Any, scheduler: Any, *, micro_batch: int, accumulation: int,
+                    max_grad_norm: float) -> Any:
+        """DeepSpeed's engine around ``model``, its optimizer and schedule (after any restore: ZeRO copies
+        the weights it partitions)."""
+        import torch
+
+        from .zero import engine_config, initialize
+
+        bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters())
+        config = engine_config(self.deepspeed or {}, micro_batch=micro_batch, accumulation=accumulation,
+                               max_grad_norm=max_grad_norm, world_size=self.world_size, bf16=bf16)
+        return initialize(model, optimizer, scheduler, config)
+
+    def backward(self, engine: Any, loss: Any) -> None:
+        """One micro-batch's backward through DeepSpeed's engine (which also steps when the window ends)."""
+        from .zero import backward
+
+        backward(engine, loss)
+
+    def gather(self, model: Any, optimizer: Any = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Full trainable weights (and optimizer state, except DeepSpeed's) of a sharded model, on rank 0;
+        every rank calls it."""
+        if self.strategy == "deepspeed":
+            from .zero import full_weights
+
+            return full_weights(model, main=self.is_main), None
+        from .sharding import gather_full_state
+
+        return gather_full_state(model, optimizer)
 
     def my_rows(self, rows: list[Any]) -> list[Any]:
         """This rank's contiguous share of a global micro-batch of ``world_size * b`` rows."""
@@ -99,12 +153,25 @@ class Parallel:
 
     @contextlib.contextmanager
     def no_sync(self, model: Any, sync: bool) -> Iterator[None]:
-        """Skip the gradient all-reduce on every micro-batch of a step but the last."""
-        if sync:
+        """Skip the gradient all-reduce on every micro-batch of a step but the last (DDP). FSDP reduces
+        every micro-batch: keeping whole unsharded gradients would undo what sharding saves."""
+        if sync or self.strategy != "ddp":  # DeepSpeed reduces at the end of its accumulation window itself
             yield
             return
         with self.accelerator.no_sync(model):
             yield
+
+
+def check_strategy(settings: Any) -> None:
+    """Refuse, before any weight loads, what the chosen multi-process strategy cannot train."""
+    if settings.training.strategy == "fsdp":
+        from .sharding import check_fsdp
+
+        check_fsdp(settings)
+    elif settings.training.strategy == "deepspeed":
+        from .zero import check_zero
+
+        check_zero(settings)
 
 
 def _new_accelerator() -> Any:

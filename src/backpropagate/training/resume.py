@@ -13,7 +13,8 @@ from .checkpoints import CheckpointRef, list_checkpoints, quarantine, stale_part
 
 # Settings that change how a run is looked after, not what it computes: they may differ on resume.
 OPERATIONAL = frozenset({"output_dir", "save_steps", "keep_checkpoints", "oom_recovery", "thermal_pause_celsius",
-                         "thermal_resume_celsius", "thermal_critical_celsius", "unsloth_fallback"})
+                         "thermal_resume_celsius", "thermal_critical_celsius", "unsloth_fallback",
+                         "strategy", "deepspeed_config", "zero_stage"})
 RESUMABLE = ("interrupted", "failed")
 
 

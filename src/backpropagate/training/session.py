@@ -151,7 +151,9 @@ class RunSession:
         def restore(state: LoopState) -> None:
             assert self.checkpoint is not None
             batch_changed = any(d.startswith(("batch_size", "gradient_accumulation")) for d in self.differences)
-            restore_into(state, self.checkpoint, keep_batch=not batch_changed, check_plan=not self.force)
+            if not restore_into(state, self.checkpoint, keep_batch=not batch_changed, check_plan=not self.force):
+                log.warning("resume_optimizer_restarted", step=state.step, reason="DeepSpeed's partitioned "
+                            "optimizer state is not checkpointed; weights, schedule, data and RNG are")
             self._last_saved = state.step
 
         return LoopHooks(restore=restore if self.checkpoint is not None else None, after_step=self._after_step,
@@ -161,18 +163,28 @@ class RunSession:
         save_steps = self.settings.training.save_steps
         if (save_steps and state.step % save_steps == 0) or state.step == state.steps_total:
             self.save_checkpoint(state)
-        if self.guard is not None:
-            self.guard.check(state.step, lambda: self.save_checkpoint(state), self._log)
+        if self.guard is not None:  # rank 0 alone reads the sensor, so it cannot start a sharded gather
+            sharded = state.parallel is not None and state.parallel.sharded
+            self.guard.check(state.step, (lambda: None) if sharded else lambda: self.save_checkpoint(state), self._log)
 
     def save_checkpoint(self, state: LoopState) -> Path | None:
-        """Checkpoint the loop after ``state.step`` (once per step), prune old ones, update the history."""
-        if self._last_saved == state.step or not self.main:
+        """Checkpoint the loop after ``state.step`` (once per step), prune old ones, update the history.
+
+        With sharded weights every rank takes part in gathering them; rank 0 alone writes.
+        """
+        if self._last_saved == state.step:
+            return None
+        gathered = None
+        if state.parallel is not None and state.parallel.sharded:
+            gathered = state.parallel.gather(state.model, state.optimizer)
+        if not self.main:
+            self._last_saved = state.step
             return None
         started = time.perf_counter()
         elapsed = (self.checkpoint.trainer_state.get("elapsed_seconds", 0.0) if self.checkpoint else 0.0) + \
             started - self._started
         path = write_checkpoint(self.run_dir, state, run_id=self.run_id, config=self.config,
-                                elapsed_seconds=elapsed, fault_hook=self._fault)
+                                elapsed_seconds=elapsed, fault_hook=self._fault, gathered=gathered)
         self._last_saved = state.step
         prune_checkpoints(self.run_dir, self.settings.training.keep_checkpoints)
         self.store.progress(self.run_id, completed_steps=state.step, loss_history=state.result.loss_history,
