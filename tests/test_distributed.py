@@ -106,6 +106,7 @@ def _resume(args: list[str], out: Path, run_id: str, reference: Path) -> None:
     done = subprocess.run([*args, "--resume", run_id[:8]], capture_output=True, text=True, timeout=600, env=env())
     assert done.returncode == 0, done.stderr[-4000:]
     assert re.search(r"resuming\s.*from_step=[34]", done.stderr)
+    assert "resume_optimizer_restarted" not in done.stderr
     record = runs.get(run_id, out)
     assert record.status == "completed" and record.completed_steps == 6 and len(record.loss_history) == 6
     assert [c.step for c in list_checkpoints(run_checkpoint_dir(out, run_id))] == [5, 6]
@@ -160,33 +161,22 @@ def _deepspeed_unavailable() -> str | None:
     return None
 
 
-@pytest.mark.skipif(_deepspeed_unavailable() is not None, reason=str(_deepspeed_unavailable()))
-def test_zero2_on_two_cpu_processes_trains_like_one_process(tiny_llama: Path, one_process: Path,
-                                                            tmp_path: Path) -> None:
-    out = tmp_path / "zero2"
-    done = _train(tiny_llama, out, "--nproc", "2", "--batch-size", "1", "--report-to", "none", "--zero", "2")
-    assert done.returncode == 0, done.stderr[-4000:]
-    _assert_same_training(out, one_process)
+ZERO3 = {"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {  # thresholds 0: even the tiny
+    "stage": 3, "stage3_param_persistence_threshold": 0, "stage3_model_persistence_threshold": 0}}  # model splits
 
 
 @pytest.mark.skipif(_deepspeed_unavailable() is not None, reason=str(_deepspeed_unavailable()))
-def test_a_killed_zero3_run_resumes_from_its_weights(tiny_llama: Path, one_process: Path, tmp_path: Path) -> None:
-    config = tmp_path / "ds.json"  # thresholds 0: even the tiny model's small weights are partitioned
-    config.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {
-        "stage": 3, "stage3_param_persistence_threshold": 0, "stage3_model_persistence_threshold": 0}}))
-    out = tmp_path / "zero3"
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_killed_zero_run_resumes_exactly(tiny_llama: Path, one_process: Path, tmp_path: Path, stage: int) -> None:
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps(ZERO3))
+    out = tmp_path / f"zero{stage}"
     args = [BACKPROP, "train", "--model", str(tiny_llama), "--output", str(out), *COMMON, "--nproc", "2",
-            "--batch-size", "1", "--report-to", "none", "--deepspeed", str(config)]
+            "--batch-size", "1", "--report-to", "none", "--deepspeed", str(config), "--zero", str(stage)]
     run_id = _kill_after_checkpoint(args, out, 3)
-    weights = load_file(run_checkpoint_dir(out, run_id) / "step-000003" / "weights.safetensors")
+    ckpt = run_checkpoint_dir(out, run_id) / "step-000003"
+    weights = load_file(ckpt / "weights.safetensors")
     assert all(t.ndim == 2 and min(t.shape) > 0 for t in weights.values())  # gathered from the partitions
-
-    done = subprocess.run([*args, "--resume", run_id[:8]], capture_output=True, text=True, timeout=600, env=env())
-    assert done.returncode == 0, done.stderr[-4000:]
-    resumed_at = int(re.search(r"resuming\s.*from_step=([34])", done.stderr).group(1))
-    assert "resume_optimizer_restarted" in done.stderr  # DeepSpeed's optimizer moments are not checkpointed
-    record = runs.get(run_id, out)
-    assert record.status == "completed" and len(record.loss_history) == 6
-    # weights, data position and RNG came back: the first resumed step sees what an unbroken run saw
-    reference = runs.list(one_process)[0].loss_history
-    assert record.loss_history[:resumed_at + 1] == pytest.approx(reference[:resumed_at + 1], rel=1e-5)
+    assert sorted(p.name for p in (ckpt / "zero").iterdir()) == ["optimizer-rank0.pt", "optimizer-rank1.pt"]
+    # each rank's optimizer partition comes back (read without pickle): the run ends as an unbroken one
+    _resume(args, out, run_id, one_process)

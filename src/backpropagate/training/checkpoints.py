@@ -9,6 +9,7 @@ Layout of one checkpoint, ``<output_dir>/checkpoints/<run_id>/step-000040/``:
     trainer_state.json    step, micro-batch, data position + packing-order digest, loss history, counters,
                           Python and numpy generator states
     config.json           the run's resolved configuration and dataset fingerprint
+    zero/optimizer-rank<r>.pt  DeepSpeed runs only: each rank's optimizer partition (training.zero)
     manifest.json         sha256 and size of every file above, written last
 
 It is written as ``step-000040.partial/`` and renamed into place only when complete, so the newest
@@ -17,6 +18,7 @@ folder without ``.partial`` is always whole. A resume verifies every checksum be
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -72,13 +74,21 @@ def step_dir_name(step: int) -> str:
 # --------------------------------------------------------------------------------------------
 def write_checkpoint(run_dir: Path, state: LoopState, *, run_id: str, config: dict[str, Any],
                      elapsed_seconds: float = 0.0, fault_hook: FaultHook | None = None,
-                     gathered: tuple[dict[str, torch.Tensor], dict[str, Any] | None] | None = None) -> Path:
+                     gathered: tuple[dict[str, torch.Tensor], dict[str, Any] | None] | None = None,
+                     staged: dict[str, Path] | None = None) -> Path:
     """Write the checkpoint of ``state`` (after ``state.step`` steps) atomically; returns its folder.
 
     ``gathered`` is the full (weights, optimizer state) of a sharded model (``Parallel.gather``); without
-    it both are read from ``state``. A failure (a full disk) leaves no partial folder and every earlier
-    checkpoint untouched; it is raised as ``STATE_WRITE_FAILED``.
+    it both are read from ``state``. ``staged`` are files the other ranks wrote (DeepSpeed's optimizer
+    partitions), moved in under their names. A failure (a full disk) leaves no partial folder and every
+    earlier checkpoint untouched; it is raised as ``STATE_WRITE_FAILED``.
     """
+    staged = staged or {}
+    missing = [str(path) for path in staged.values() if not path.is_file()]
+    if missing:
+        raise BackpropagateError("STATE_WRITE_FAILED", f"checkpoint of step {state.step}: rank files {missing} "
+                                 "are not visible from rank 0.",
+                                 hint="DeepSpeed checkpoints need an output directory every node shares.")
     weights, optimizer_state = gathered or (trainable_weights(state.model), state.optimizer.state_dict())
     optimizer_saved = optimizer_state is not None  # DeepSpeed's partitioned state is not (see training.zero)
     step = state.step
@@ -94,6 +104,8 @@ def write_checkpoint(run_dir: Path, state: LoopState, *, run_id: str, config: di
         "tokens_seen": state.tokens_seen, "elapsed_seconds": elapsed_seconds, "rng": rng_to_json(rng),
         "optimizer_saved": optimizer_saved,
     }
+    if state.parallel is not None and state.parallel.zero_stage is not None:  # what the partitions fit
+        trainer_state["zero"] = {"world_size": state.parallel.world_size, "stage": state.parallel.zero_stage}
     writers: list[tuple[str, Any]] = [
         ("weights.safetensors", lambda path: _save_safetensors(weights, path)),
         ("optimizer.pt", lambda path: torch.save(optimizer_state or {}, path)),
@@ -101,6 +113,7 @@ def write_checkpoint(run_dir: Path, state: LoopState, *, run_id: str, config: di
         ("rng.safetensors", lambda path: _save_safetensors(rng_tensors(rng), path)),
         ("trainer_state.json", lambda path: path.write_text(json.dumps(trainer_state))),
         ("config.json", lambda path: path.write_text(json.dumps(config, indent=1, default=str))),
+        *((name, functools.partial(_move_in, source)) for name, source in staged.items()),
     ]
 
     def write(folder: Path) -> None:
@@ -130,6 +143,11 @@ def write_checkpoint(run_dir: Path, state: LoopState, *, run_id: str, config: di
                  "continues from the last checkpoint.") from err.__cause__
     _fsync_dir(saved.parent)
     return saved
+
+
+def _move_in(source: Path, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, path)
 
 
 def trainable_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -180,9 +198,12 @@ def list_checkpoints(run_dir: Path) -> list[CheckpointRef]:
 
 
 def stale_partials(run_dir: Path) -> list[Path]:
-    """Folders left by a write that was interrupted; never read, safe to delete."""
+    """Folders left by a write that was interrupted (``.partial``; ``.ranks``: DeepSpeed partitions staged by
+    every rank); never read, safe to delete."""
     run_dir = Path(run_dir)
-    return sorted(p for p in run_dir.glob("step-*.partial") if p.is_dir()) if run_dir.is_dir() else []
+    if not run_dir.is_dir():
+        return []
+    return sorted(p for pattern in ("step-*.partial", "step-*.ranks") for p in run_dir.glob(pattern) if p.is_dir())
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
@@ -268,17 +289,20 @@ def restore_into(state: LoopState, ckpt: LoadedCheckpoint, *, keep_batch: bool =
             "INPUT_RESUME_MISMATCH", f"the weights of checkpoint {ckpt.path} do not fit this model "
             "(different adapter rank, target modules or mode).")
     strategy = state.parallel.strategy if state.parallel is not None else None
-    optimizer_restored = bool(ts.get("optimizer_saved", True)) and strategy != "deepspeed"
+    torch_optimizer = bool(ts.get("optimizer_saved", True)) and strategy != "deepspeed"
     if strategy == "fsdp":
         from .sharding import load_full_state
 
-        load_full_state(state.model, state.optimizer, ckpt.weights, ckpt.optimizer if optimizer_restored else None)
+        load_full_state(state.model, state.optimizer, ckpt.weights, ckpt.optimizer if torch_optimizer else None)
     else:  # one process, DDP, or DeepSpeed before its engine copies the weights
         with torch.no_grad():
             for name, tensor in ckpt.weights.items():
                 params[name].copy_(tensor.to(device=params[name].device, dtype=params[name].dtype))
-        if optimizer_restored:
+        if torch_optimizer:
             state.optimizer.load_state_dict(ckpt.optimizer)
+    if strategy == "deepspeed":  # the engine is built after this; the loop hands it the partition
+        state.engine_state = _zero_partition(state, ckpt)
+    optimizer_restored = torch_optimizer or state.engine_state is not None
     state.scheduler.load_state_dict(ckpt.scheduler)
     state.stream.load_state_dict(ts["stream"])
     if check_plan and state.stream.plan_digest() != ts["stream"]["plan_sha256"]:
@@ -293,6 +317,16 @@ def restore_into(state: LoopState, ckpt: LoadedCheckpoint, *, keep_batch: bool =
     state.result.samples_seen, state.result.label_tokens = ts["samples_seen"], ts["label_tokens"]
     restore_rng(rng_from_saved(ts["rng"], ckpt.rng))  # last: nothing above may draw from a generator
     return optimizer_restored
+
+
+def _zero_partition(state: LoopState, ckpt: LoadedCheckpoint) -> dict[str, Any] | None:
+    """This rank's DeepSpeed optimizer partition, if the checkpoint has one for this world size and stage."""
+    from .zero import load_partition, partition_name
+
+    parallel = state.parallel
+    if ckpt.trainer_state.get("zero") != {"world_size": parallel.world_size, "stage": parallel.zero_stage}:
+        return None
+    return load_partition(ckpt.path / partition_name(parallel.rank))
 
 
 def _invalid(path: Path, detail: str) -> BackpropagateError:

@@ -134,7 +134,8 @@ class LoopState:
     tokens_seen: int = 0
     epochs_announced: int = 0
     parallel: Any = None  # training.parallel.Parallel of a multi-process run
-    forward_model: Any = None  # what is called: ``model`` (also when FSDP-sharded), or DDP around it
+    forward_model: Any = None  # what is called: ``model`` (also when FSDP-sharded), DDP or DeepSpeed around it
+    engine_state: Any = None  # a restored DeepSpeed optimizer partition, until its engine exists
 
 
 FaultHook = Callable[[str, int, Any], None]
@@ -173,19 +174,24 @@ def train_loop(model: torch.nn.Module, samples: Sequence[TokenizedSample], cfg: 
             log.info("oom_recovery_off", reason="multi-process run: every rank must keep the same micro-batch")
     torch.manual_seed(cfg.seed)
     stream = DataStream(samples, cfg.max_seq_length, packing=cfg.packing, seed=cfg.seed, shuffle=cfg.shuffle)
+    # What the loop calls: FSDP shards the parameters in place, so the optimizer is built after wrapping;
+    # DeepSpeed's engine takes the optimizer and the restored weights, so it is built after the restore.
     engine_later = parallel is not None and parallel.steps_inside
-    forward_model = parallel.wrap(model) if parallel is not None and not engine_later else model  # FSDP replaces
-    optimizer, scheduler = build_optimizer(model, cfg)  # the parameters: the optimizer is built after wrapping
+    forward_model = parallel.wrap(model) if parallel is not None and not engine_later else model
+    optimizer, scheduler = build_optimizer(model, cfg)
     state = LoopState(model=model, optimizer=optimizer, scheduler=scheduler, stream=stream,
                       result=LoopResult(truncated=stream.truncated), batch_size=cfg.batch_size,
                       gradient_accumulation=cfg.gradient_accumulation, steps_total=cfg.steps,
                       parallel=parallel, forward_model=forward_model)
     if hooks.restore is not None:
         hooks.restore(state)  # weights, optimizer, schedule, data position and RNG of a checkpoint
-    if engine_later:  # DeepSpeed takes over optimizer and schedule, and partitions the weights as restored
+    if engine_later:
         state.forward_model = parallel.wrap_engine(model, optimizer, scheduler, micro_batch=state.batch_size,
                                                    accumulation=state.gradient_accumulation,
                                                    max_grad_norm=cfg.max_grad_norm)
+        if state.engine_state is not None:
+            parallel.restore_engine(state.forward_model, state.engine_state)
+            state.engine_state = None
     if stream.truncated and log is not None:
         log.warning("samples_truncated", count=stream.truncated, max_seq_length=cfg.max_seq_length)
     model.train()

@@ -14,6 +14,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import BackpropagateError
@@ -68,6 +69,10 @@ class Parallel:
     def steps_inside(self) -> bool:
         """The engine (DeepSpeed) clips and steps the optimizer itself at the end of each accumulation."""
         return self.strategy == "deepspeed"
+
+    @property
+    def zero_stage(self) -> int | None:
+        return int(self.deepspeed["zero_optimization"]["stage"]) if self.deepspeed is not None else None
 
     @classmethod
     def from_env(cls, training: Any = None) -> Parallel | None:
@@ -129,11 +134,27 @@ class Parallel:
                                max_grad_norm=max_grad_norm, world_size=self.world_size, bf16=bf16)
         return initialize(model, optimizer, scheduler, config)
 
+    def restore_engine(self, engine: Any, partition: dict[str, Any]) -> None:
+        from .zero import restore_partition
+
+        restore_partition(engine, partition, rank=self.rank, world_size=self.world_size)
+
     def backward(self, engine: Any, loss: Any) -> None:
         """One micro-batch's backward through DeepSpeed's engine (which also steps when the window ends)."""
         from .zero import backward
 
         backward(engine, loss)
+
+    def stage_partitions(self, engine: Any, staging: Path) -> dict[str, Path]:
+        """DeepSpeed: every rank writes its optimizer partition under ``staging``; returns every rank's file
+        by its name in the checkpoint (for rank 0 to move in). Nothing to stage for DDP and FSDP."""
+        if self.strategy != "deepspeed":
+            return {}
+        from .zero import partition_name, save_partition
+
+        save_partition(engine, staging / partition_name(self.rank))
+        self.barrier()
+        return {partition_name(rank): staging / partition_name(rank) for rank in range(self.world_size)}
 
     def gather(self, model: Any, optimizer: Any = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Full trainable weights (and optimizer state, except DeepSpeed's) of a sharded model, on rank 0;

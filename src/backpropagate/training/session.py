@@ -6,6 +6,7 @@ loads), starts the history row once the model is ready, hands its hooks to the l
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +22,7 @@ from .checkpoints import (
     prune_checkpoints,
     restore_into,
     run_checkpoint_dir,
+    step_dir_name,
     write_checkpoint,
 )
 from .engine import FaultHook, LoopHooks, LoopState
@@ -152,8 +154,9 @@ class RunSession:
             assert self.checkpoint is not None
             batch_changed = any(d.startswith(("batch_size", "gradient_accumulation")) for d in self.differences)
             if not restore_into(state, self.checkpoint, keep_batch=not batch_changed, check_plan=not self.force):
-                log.warning("resume_optimizer_restarted", step=state.step, reason="DeepSpeed's partitioned "
-                            "optimizer state is not checkpointed; weights, schedule, data and RNG are")
+                log.warning("resume_optimizer_restarted", step=state.step, reason="the checkpoint's optimizer "
+                            "state does not fit this strategy, world size or ZeRO stage; weights, schedule, "
+                            "data and RNG are restored")
             self._last_saved = state.step
 
         return LoopHooks(restore=restore if self.checkpoint is not None else None, after_step=self._after_step,
@@ -174,9 +177,11 @@ class RunSession:
         """
         if self._last_saved == state.step:
             return None
-        gathered = None
+        gathered, staged = None, {}
+        staging = self.run_dir / f"{step_dir_name(state.step)}.ranks"
         if state.parallel is not None and state.parallel.sharded:
             gathered = state.parallel.gather(state.model, state.optimizer)
+            staged = state.parallel.stage_partitions(state.forward_model, staging)
         if not self.main:
             self._last_saved = state.step
             return None
@@ -184,7 +189,8 @@ class RunSession:
         elapsed = (self.checkpoint.trainer_state.get("elapsed_seconds", 0.0) if self.checkpoint else 0.0) + \
             started - self._started
         path = write_checkpoint(self.run_dir, state, run_id=self.run_id, config=self.config,
-                                elapsed_seconds=elapsed, fault_hook=self._fault, gathered=gathered)
+                                elapsed_seconds=elapsed, fault_hook=self._fault, gathered=gathered, staged=staged)
+        shutil.rmtree(staging, ignore_errors=True)
         self._last_saved = state.step
         prune_checkpoints(self.run_dir, self.settings.training.keep_checkpoints)
         self.store.progress(self.run_id, completed_steps=state.step, loss_history=state.result.loss_history,

@@ -7,15 +7,19 @@ and is tested, on gloo and on NCCL. The optimizer and LR schedule stay backpropa
 ``lr_scheduler``), so a ``--deepspeed`` file must not name its own.
 
 Checkpoints hold the full weights (gathered from the partitions), schedule, data position and RNG in the
-format every strategy shares. DeepSpeed's partitioned optimizer state is not in them: DeepSpeed can only
-read it back through pickle, which this library never loads, so a resumed DeepSpeed run restarts its
-optimizer moments (and says so).
+format every strategy shares, plus each rank's partition of the optimizer state
+(``zero/optimizer-rank<r>.pt``, from the ZeRO optimizer's own ``state_dict``). That partition is read back
+with ``torch.load(weights_only=True)``, allowing only DeepSpeed's three plain record classes, never
+through DeepSpeed's own pickle-based ``load_checkpoint``. It fits only the same world size and stage;
+otherwise the resumed run restarts its optimizer moments and says so.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +129,43 @@ def full_weights(model: torch.nn.Module, *, main: bool) -> dict[str, torch.Tenso
     deepspeed = require_deepspeed()
     with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
         return {name: p.detach().to("cpu").clone() for name, p in named} if main else {}
+
+
+def stage_of(engine: Any) -> int:
+    return int(engine.zero_optimization_stage())
+
+
+def partition_name(rank: int) -> str:
+    return f"zero/optimizer-rank{rank}.pt"
+
+
+def save_partition(engine: Any, path: Path) -> None:
+    """This rank's share of the optimizer state (fp32 master weights, moments), fsynced."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(engine.optimizer.state_dict(), path)
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def load_partition(path: Path) -> dict[str, Any] | None:
+    """A saved partition, unpickling nothing but tensors, builtins and DeepSpeed's record classes; None if
+    this DeepSpeed's state holds something else (it then restarts the optimizer)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            return None
+
+
+def restore_partition(engine: Any, partition: dict[str, Any], *, rank: int, world_size: int) -> None:
+    """Put this rank's partition back into a freshly built engine (same world size and stage)."""
+    states = [partition if i == rank else None for i in range(world_size)]
+    engine.optimizer.load_state_dict(states, load_optimizer_states=True, load_from_fp32_weights=True)
+    if stage_of(engine) < 3:  # ZeRO-1/2 keep the model's own copy apart from the fp32 masters
+        engine.optimizer.update_lp_params()
