@@ -160,7 +160,7 @@ _SPECS = [
               retryable=True),
     ErrorSpec("STATE_NOT_TRAINED", "The trainer has no trained model yet.",
               "Call trainer.train(...) before save()/export()."),
-    ErrorSpec("STATE_MODEL_SHARDED", "After an FSDP run each process holds only a shard of the model in memory.",
+    ErrorSpec("STATE_MODEL_SHARDED", "After an FSDP or DeepSpeed run each process holds only a share of the model in memory.",
               "Export or chat from the folder the run saved, in one process."),
     ErrorSpec("STATE_CHECKPOINT_INVALID", "A checkpoint is missing files or fails its checksums.",
               "Nothing valid is left to resume from: start the run again (a new run id)."),

@@ -75,7 +75,7 @@ class Trainer:
         self.backend: str | None = None  # "transformers+peft" or "unsloth", once loaded
         self._init_adapter_dir: Path | None = None  # PiSSA: the initial adapter, for saving as plain LoRA
         self._load_notes: list[str] = []  # degradations while loading, for the start-up line
-        self._sharded = False  # after an FSDP run this process holds only its shard of the weights
+        self._sharded = False  # after an FSDP / DeepSpeed run this process holds only its share of the weights
 
     @property
     def output_dir(self) -> Path:
@@ -393,7 +393,8 @@ class Trainer:
     def _check_whole(self) -> None:
         if self._sharded:
             raise BackpropagateError(
-                "STATE_MODEL_SHARDED", "after an FSDP run each process holds only its shard of the weights.",
+                "STATE_MODEL_SHARDED", "after an FSDP or DeepSpeed run each process holds only its share "
+                "of the weights.",
                 hint=f"Use the folder the run saved ({self.output_dir / self._save_folder_name()}): "
                      "`backprop export` it from one process.")
 

@@ -2,8 +2,9 @@
 
 A run under ``torchrun``, ``accelerate launch`` or SLURM ``srun`` is detected from the environment. The
 process group and the DistributedDataParallel wrapper come from accelerate, FSDP from PyTorch
-(``training.sharding``); nothing here speaks to the network itself. Every rank builds the same model, reads the same packed stream and takes its own slice of
-each micro-batch (so N processes at batch b train on the rows one process at batch N*b would); the loss is
+(``training.sharding``), ZeRO from DeepSpeed (``training.zero``); nothing here speaks to the network
+itself. Every rank builds the same model, reads the same packed stream and takes its own slice of each
+micro-batch (so N processes at batch b train on the rows one process at batch N*b would); the loss is
 normalized by the token count of the whole step across ranks, so the update is the single-process one.
 Only the main process writes history, checkpoints, trackers and the final adapter.
 """
