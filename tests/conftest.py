@@ -14,7 +14,7 @@ SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 # Set at import, before any test module copies os.environ for the processes it starts.
 for _key in list(os.environ):
-    if _key.startswith("BACKPROPAGATE_"):
+    if _key.startswith("BACKPROPAGATE_") and _key != "BACKPROPAGATE_ASSETS":  # the download cache stays
         del os.environ[_key]
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"

@@ -41,5 +41,6 @@ def test_train_with_the_fast_preset_and_a_method_flag(tiny_llama: Path, tmp_path
     config = json.loads((tmp_path / "out" / "lora" / "adapter_config.json").read_text())
     assert config["r"] == 16 and set(config["target_modules"]) == {"q_proj", "v_proj"} and config["use_dora"]
     assert "smart_defaults" in out.stderr and "Degradation knobs: oom_recovery=True unsloth_fallback=True" in out.stderr
+    assert "gguf_export_check" in out.stderr and "GGUF export: supported" in out.stderr  # said before training
     bad = run("train", "--data", str(quickstart_path()), "--lora-preset", "turbo", "--steps", "1")
     assert bad.returncode == 1 and "[INPUT_INVALID_VALUE]:" in bad.stderr

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from backpropagate.export import export_model
-from backpropagate.export.quantize import tensor_types
+from backpropagate.export.quantize import MAX_KLD_SHARE, tensor_types
 from backpropagate.testing import FAMILIES, build_tiny_model
 from export_helpers import random_adapter, trained_adapter
 
@@ -48,10 +48,16 @@ def _check_report(result, threshold: float | None) -> dict:
     assert report.positions > 150 and report.max_logit_diff >= 0.0
     if threshold is not None:
         assert report.threshold == threshold and report.agreement >= threshold
+    if report.threshold is not None:  # q8_0: set from llama.cpp's own q8_0 of the same weights
+        assert report.agreement >= report.threshold
+    assert report.kl["positions"] == report.positions and report.kl["mean"] >= 0.0
+    if report.kl_limit is not None:
+        assert report.kl["mean"] <= report.kl_limit
     text = report.generation["text"]
     assert text["gguf_tokens"], "llama.cpp generated nothing"
     saved = json.loads(result.report_path.read_text(encoding="utf-8"))
     assert saved["passed"] and saved["agreement"] == report.agreement and "max_logit_diff" in saved
+    assert saved["kl"] == report.kl and saved["kl_limit"] == report.kl_limit
     return saved
 
 
@@ -90,7 +96,10 @@ def test_trained_adapter_to_f16_and_q8_0(family: str, root: Path) -> None:
     golden = (GOLDEN / f"{family}.Modelfile").read_text(encoding="utf-8")
     assert f16.modelfile.read_text(encoding="utf-8") == golden.replace("/models/model.gguf", str(f16.path))
     q8 = export_model(adapter, "gguf", quantization="q8_0", output=out)
-    _check_report(q8, 0.95)
+    _check_report(q8, None)  # judged against llama.cpp's q8_0 and the f16 of the same weights
+    assert [(r["quantization"], r["role"]) for r in q8.report.references] == [
+        ("f16", "same weights unquantized"), ("q8_0", "llama.cpp's quantizer")]
+    assert q8.report.references[0]["agreement"] >= 0.99 and q8.report.kl_limit is not None
     assert {t for _, t, shape in tensor_types(q8.path) if len(shape) == 2} == {"Q8_0"}
     assert q8.path.stat().st_size < f16.path.stat().st_size
     assert not list(out.glob(".*")), "temporary files were left behind"
@@ -106,6 +115,9 @@ def test_k_quants_on_the_hidden_256_size(family: str, root: Path) -> None:
         result = export_model(merged, "gguf", quantization=quantization, output=root / f"{family}-small")
         _check_report(result, None)
         assert result.report.threshold is None and 0.5 < result.report.agreement <= 1.0
+        # K-quants: a sanity ceiling on the KL, a share of what a uniform guess loses
+        assert result.report.kl_limit == pytest.approx(MAX_KLD_SHARE * result.report.kl_uniform)
+        assert result.report.references[0]["agreement"] >= 0.99  # and the f16 they came from is exact
         assert result.notes == []  # every row of the hidden-256 size fits a 256-wide super-block
         types = {t for _, t, shape in tensor_types(result.path) if len(shape) == 2}
         assert main_type in types and types <= {"Q4_K", "Q5_K", "Q6_K"}

@@ -79,7 +79,10 @@ def test_a_template_with_no_translation_gets_no_modelfile(tmp_path: Path) -> Non
     shutil.copytree(build_tiny_model("llama"), model_dir)
     (model_dir / "chat_template.jinja").write_text(
         "{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}", encoding="utf-8")
-    assert build_modelfile(Path("/m.gguf"), model_dir, stop_tokens=[], context_length=2048) is None
+    with pytest.raises(BackpropagateError) as info:
+        build_modelfile(Path("/m.gguf"), model_dir, stop_tokens=[], context_length=2048)
+    # the reason names the closest verified template and where the renders part
+    assert info.value.code == "INPUT_TEMPLATE_UNTRANSLATABLE" and "closest" in info.value.message, info.value.message
 
 
 @pytest.mark.parametrize("value,expected", [

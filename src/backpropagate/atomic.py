@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -56,3 +57,12 @@ def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
         raise BackpropagateError("STATE_WRITE_FAILED", f"writing {str(target)!r} failed: {reason}.") from exc
     shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (checkpoint manifests, pinned downloads)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

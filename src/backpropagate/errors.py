@@ -55,6 +55,9 @@ _SPECS = [
               "Pass --output with a directory you can write to."),
     ErrorSpec("INPUT_TEMPLATE_MISSING", "The tokenizer has no chat template to render conversations.",
               "Use an instruct/chat model, or set tokenizer.chat_template before training."),
+    ErrorSpec("INPUT_TEMPLATE_END_OF_TURN", "The chat template's end-of-turn marker is not a token of the tokenizer.",
+              "Use the chat template that belongs to the model, or add the marker as a special token and "
+              "resize the embeddings; a half-labelled marker would teach the model never to stop."),
     ErrorSpec("INPUT_TEMPLATE_MISMATCH", "The chat template rewrites assistant text, so its tokens cannot be found.",
               "Pass train_on_responses=False, or use a model whose template keeps assistant text verbatim."),
     ErrorSpec("INPUT_OUTPUT_IS_INPUT", "The output path of a data tool is its input dataset.",
@@ -83,8 +86,9 @@ _SPECS = [
     ErrorSpec("INPUT_UNKNOWN_QUANTIZATION", "The quantization name is not one the export supports.",
               "Use one of the names listed in the message, e.g. q4_k_m, q8_0 or f16."),
     ErrorSpec("INPUT_UNSUPPORTED_ARCHITECTURE", "The model architecture cannot be exported to GGUF.",
-              "Supported: llama, mistral, qwen2, qwen3, phi3, smollm3; export --format merged works for any model."),
-    ErrorSpec("INPUT_UNSUPPORTED_TOKENIZER", "The tokenizer is not a byte-level BPE that llama.cpp reproduces.",
+              "Supported: llama, mistral, qwen2, qwen3, phi3 (Phi-4-mini too), smollm3, qwen3.5, gemma2, gemma3; "
+              "export --format merged works for any model."),
+    ErrorSpec("INPUT_UNSUPPORTED_TOKENIZER", "The tokenizer is not one llama.cpp reproduces exactly.",
               "Export --format merged and convert that folder with llama.cpp's convert_hf_to_gguf.py."),
     ErrorSpec("INPUT_UNSUPPORTED_ADAPTER", "The adapter type cannot be exported this way.",
               "Export --format merged (DoRA and unconverted PiSSA adapters only merge)."),

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BackpropagateError
-from .presets import find_model_preset, preset_for_hub_id
+from .presets import find_model_preset, preset_for_hub_id, resolve_target_modules
 
 GB = 1024**3
 FULL_FT_MAX_PARAMS = 4_500_000_000  # the "4 B class": Qwen-3.5-4B counts 4.2 B, the 7 B presets 7.2-7.6 B
@@ -165,6 +165,7 @@ class MemoryPlan:
     capacity_label: str
     suggestions: tuple[Suggestion, ...] = field(default=())
     notes: tuple[str, ...] = field(default=())
+    gguf_export: str | None = None  # export.preflight's verdict line, known before training
 
     @property
     def total_bytes(self) -> int:
@@ -180,7 +181,7 @@ class MemoryPlan:
                                                                        self.components.items()},
                 "total_gb": round(self.total_bytes / GB, 3), "capacity_gb":
                 None if self.capacity_bytes is None else round(self.capacity_bytes / GB, 1),
-                "fits": self.fits, "notes": list(self.notes), "suggestions": [s.__dict__ | {"total_gb": round(s.total_bytes / GB, 2)}
+                "fits": self.fits, "notes": list(self.notes), "gguf_export": self.gguf_export, "suggestions": [s.__dict__ | {"total_gb": round(s.total_bytes / GB, 2)}
                                                    for s in self.suggestions]}
 
     def report(self) -> str:
@@ -203,6 +204,8 @@ class MemoryPlan:
             mark = "fits" if sug.fits else "still too big"
             lines.append(f"  try: {sug.change:<46} -> {sug.total_bytes / GB:6.2f} GB ({mark})")
         lines.extend(f"note       {note}" for note in self.notes)
+        if self.gguf_export:
+            lines.append(f"export     {self.gguf_export}")
         return "\n".join(lines)
 
 
@@ -226,7 +229,8 @@ def estimate(shape: ModelShape, s: PlanSettings) -> tuple[int, dict[str, int]]:
     """Trainable parameter count and the peak bytes by component for ``s``."""
     dtype_bytes = {"bf16": 2, "fp16": 2, "fp32": 4}[s.precision]
     full = s.method == "full"
-    targets = [x for x in shape.linears if _is_target(x, s.target_modules)]
+    wanted = resolve_target_modules(s.target_modules, [x.name for x in shape.linears])
+    targets = [x for x in shape.linears if _is_target(x, wanted)]
     if s.method == "qlora":
         linear = shape.linear_params
         weights = int(linear * NF4_BYTES_PER_PARAM + (shape.total_params - linear) * dtype_bytes)

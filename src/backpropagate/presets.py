@@ -36,6 +36,8 @@ class ModelPreset:
     head_dim: int | None = None  # None: hidden_size // num_attention_heads
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # other config.json keys that change the shape
+    architecture: str = ""  # config.architectures[0] of the real checkpoint
+    tokenizer: str = ""  # its tokenizer as llama.cpp names it (tokenizer.ggml.pre, or "llama-spm")
 
     def config_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``transformers.AutoConfig.for_model(self.model_type, ...)``."""
@@ -53,25 +55,33 @@ MODEL_PRESETS: tuple[ModelPreset, ...] = (
     ModelPreset("qwen3.5-4b", "Qwen-3.5-4B", "Qwen/Qwen3.5-4B", "Apache 2.0", 8, "qwen3", "qwen3_5_text",
                 2560, 9216, 32, 16, 4, 248320, True, head_dim=256,
                 notes="Recommended default for sub-5B. Hybrid attention (3 linear : 1 full); the "
-                      "linear-attention head counts are transformers' Qwen3.5 defaults."),
+                      "linear-attention head counts are transformers' Qwen3.5 defaults.",
+                architecture="Qwen3_5ForCausalLM", tokenizer="qwen35"),
     ModelPreset("phi-4-mini-3.8b", "Phi-4-mini-3.8B", "microsoft/Phi-4-mini-instruct", "MIT", 8, "phi3",
                 "phi3", 3072, 8192, 32, 24, 8, 200064, True,
-                notes="Strong on reasoning / math / code.", extra={"partial_rotary_factor": 0.75}),
+                notes="Strong on reasoning / math / code.", extra={"partial_rotary_factor": 0.75},
+                architecture="Phi3ForCausalLM", tokenizer="gpt-4o"),
     ModelPreset("smollm3-3b", "SmolLM3-3B", "HuggingFaceTB/SmolLM3-3B", "Apache 2.0", 6, "smollm3",
-                "smollm3", 2048, 11008, 36, 16, 4, 128256, True, notes="Fully open recipe; 64K context."),
+                "smollm3", 2048, 11008, 36, 16, 4, 128256, True, notes="Fully open recipe; 64K context.",
+                architecture="SmolLM3ForCausalLM", tokenizer="llama-bpe"),
     ModelPreset("qwen2.5-7b", "Qwen 2.5 7B", "Qwen/Qwen2.5-7B-Instruct", "Apache 2.0", 12, "qwen2", "qwen2",
-                3584, 18944, 28, 28, 4, 152064, False, notes="The default model."),
+                3584, 18944, 28, 28, 4, 152064, False, notes="The default model.",
+                architecture="Qwen2ForCausalLM", tokenizer="qwen2"),
     ModelPreset("qwen2.5-3b", "Qwen 2.5 3B", "Qwen/Qwen2.5-3B-Instruct", "Qwen-Research", 8, "qwen2",
                 "qwen2", 2048, 11008, 36, 16, 2, 151936, True,
-                notes="Research licence: read the Qwen terms before commercial use."),
+                notes="Research licence: read the Qwen terms before commercial use.",
+                architecture="Qwen2ForCausalLM", tokenizer="qwen2"),
     ModelPreset("llama-3.2-3b", "Llama 3.2 3B", "meta-llama/Llama-3.2-3B-Instruct", "Llama 3.2 Community",
                 8, "llama", "llama", 3072, 8192, 28, 24, 8, 128256, True, head_dim=128,
-                notes="Gated on the Hub: accept the licence, then `hf auth login`."),
+                notes="Gated on the Hub: accept the licence, then `hf auth login`.",
+                architecture="LlamaForCausalLM", tokenizer="llama-bpe"),
     ModelPreset("llama-3.2-1b", "Llama 3.2 1B", "meta-llama/Llama-3.2-1B-Instruct", "Llama 3.2 Community",
                 6, "llama", "llama", 2048, 8192, 16, 32, 8, 128256, True, head_dim=64,
-                notes="For quick experiments on small cards. Gated on the Hub."),
+                notes="For quick experiments on small cards. Gated on the Hub.",
+                architecture="LlamaForCausalLM", tokenizer="llama-bpe"),
     ModelPreset("mistral-7b", "Mistral 7B", "mistralai/Mistral-7B-Instruct-v0.3", "Apache 2.0", 12, "mistral",
-                "mistral", 4096, 14336, 32, 32, 8, 32768, False, notes="[INST] chat template."),
+                "mistral", 4096, 14336, 32, 32, 8, 32768, False, notes="[INST] chat template.",
+                architecture="MistralForCausalLM", tokenizer="llama-spm"),
 )
 
 
@@ -128,6 +138,34 @@ LORA_PRESETS: dict[str, LoraPreset] = {
     "fast": LoraPreset("fast", 16, 32, ("q_proj", "v_proj"), 1.0,
                        "rank 16 on q_proj/v_proj: the small v1.2 footprint, base learning rate"),
 }
+
+
+#: Where a family fuses or renames a projection, the modules that play its part: Phi-3/Phi-4 fuse
+#: q/k/v into ``qkv_proj`` and gate/up into ``gate_up_proj``; Qwen3.5's linear-attention layers project
+#: q/k/v together in ``in_proj_qkv`` (its full-attention layers keep ``q_proj``/``v_proj``).
+PROJECTION_EQUIVALENTS: dict[str, tuple[str, ...]] = {
+    "q_proj": ("qkv_proj", "in_proj_qkv"), "k_proj": ("qkv_proj", "in_proj_qkv"),
+    "v_proj": ("qkv_proj", "in_proj_qkv"), "gate_proj": ("gate_up_proj",), "up_proj": ("gate_up_proj",)}
+
+
+def resolve_target_modules(targets: str | tuple[str, ...] | list[str],
+                           module_names: list[str]) -> str | tuple[str, ...]:
+    """``targets`` in the names this model uses, so a preset means the same layers on every family.
+
+    A name keeps its meaning where the model has it; its fused or renamed equivalents that the model
+    has are added (``q_proj`` on Phi-3 -> ``qkv_proj``; on Qwen3.5 -> ``q_proj`` + ``in_proj_qkv``).
+    ``"all-linear"`` and names the model lacks without an equivalent pass through (peft then refuses).
+    """
+    if isinstance(targets, str):
+        return targets
+    leaves = {name.rsplit(".", 1)[-1] for name in module_names}
+    resolved: list[str] = []
+    for target in targets:
+        present = [alt for alt in PROJECTION_EQUIVALENTS.get(target, ()) if alt in leaves]
+        if target in leaves or not present:
+            resolved.append(target)
+        resolved += present
+    return tuple(dict.fromkeys(resolved))
 
 
 def lora_preset(name: str) -> LoraPreset:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -136,7 +137,22 @@ class Trainer:
         else:
             capacity, label = None, "CPU RAM size unknown"
         shape = model_shape(self.settings.model.name, trust_remote_code=self.settings.model.trust_remote_code)
-        return make_plan(shape, settings, capacity_bytes=capacity, capacity_label=label)
+        plan = make_plan(shape, settings, capacity_bytes=capacity, capacity_label=label)
+        return replace(plan, gguf_export=self.gguf_support().line())
+
+    def _log_gguf_support(self, log: Any) -> None:
+        """Said at start-up, so a model that cannot become a GGUF is known before hours of training."""
+        export = self.gguf_support()
+        (log.info if export.supported is not False else log.warning)("gguf_export_check", verdict=export.line())
+
+    def gguf_support(self) -> Any:
+        """Whether the model can be exported to GGUF, and why not (``export.preflight``); no weights read."""
+        from .export.preflight import GgufSupport, gguf_support
+
+        try:
+            return gguf_support(self.settings.model.name)
+        except ImportError:
+            return GgufSupport(None, 'the export extra is not installed: pip install "backpropagate[export]"')
 
     def _load(self, defaults: Any = None) -> None:
         from .training.loader import load_for_training
@@ -224,6 +240,7 @@ class Trainer:
         cfg = self.settings.training
         defaults = self.smart_defaults()
         log.info("smart_defaults\n" + defaults.table())
+        self._log_gguf_support(log)
         if defaults.device == "cuda":
             self._warn_if_too_big(log)
         loaded = load_examples(data, require_assistant=defaults.train_on_responses, format=format,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_dir_atomically
+from ..atomic import file_sha256, write_dir_atomically
 from ..errors import BackpropagateError, invalid_value
 from .forgetting import ForgettingReport
 from .slao import Pair, SlaoState
@@ -138,14 +138,6 @@ def _unflatten(prefix: str, tensors: dict[str, Any]) -> dict[str, Pair]:
     return {n: (tensors[f"{prefix}.{n}.A"], tensors[f"{prefix}.{n}.B"]) for n in names}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_state(run_dir: Path, state: CampaignState) -> Path:
     """Checkpoint the campaign after run ``state.runs_done``; prunes all but the newest ``KEEP``."""
     from safetensors.torch import save_file
@@ -157,7 +149,7 @@ def write_state(run_dir: Path, state: CampaignState) -> Path:
                 "report": state.report.to_dict(), "loss_histories": state.loss_histories,
                 "merge_weights": state.merge_weights, "run_adapters": state.run_adapters}
         (folder / STATE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        manifest = {name: _sha256(folder / name) for name in (TENSORS, STATE)}
+        manifest = {name: file_sha256(folder / name) for name in (TENSORS, STATE)}
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
     path = write_dir_atomically(run_dir / f"{PREFIX}{state.runs_done:04d}", write)
@@ -182,7 +174,7 @@ def read_state(path: Path, schedule: Any) -> CampaignState:
     try:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         for name, digest in manifest.items():
-            if _sha256(path / name) != digest:
+            if file_sha256(path / name) != digest:
                 raise ValueError(f"{name} does not match its checksum")
         meta = json.loads((path / STATE).read_text(encoding="utf-8"))
         tensors = load_file(str(path / TENSORS))

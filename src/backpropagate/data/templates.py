@@ -9,6 +9,7 @@ assistant text verbatim (all common families do); one that rewrites it raises IN
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -44,6 +45,46 @@ def end_of_turn_tokens(tokenizer) -> list[str]:
     return found
 
 
+_PROBE_REPLY = "BACKPROP_END_OF_TURN_PROBE"
+# What an end-of-turn marker looks like when the tokenizer does not know it: <|x|>, <x>, </x>, [X].
+_MARKER_SHAPE = re.compile(r"<\|[^|<>\s]{1,40}\|>|</?[A-Za-z_][A-Za-z0-9_]{0,39}>|\[/?[A-Z_]{2,40}\]")
+
+
+def end_of_turn_marker(tokenizer) -> str | None:
+    """The marker the chat template writes right after every assistant reply (``<|im_end|>``, ...).
+
+    Found by rendering a probe conversation, so it is the template's own choice, not a guess from the
+    vocabulary. None when the template writes no marker. A marker that is not one token of the vocabulary
+    is refused (INPUT_TEMPLATE_END_OF_TURN): labelling a piece of it would teach the model to emit ``<``
+    and never stop, and llama.cpp / Ollama could not stop on it either.
+    """
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE_REPLY},
+                {"role": "user", "content": "Bye"}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that refuses the probe is judged on real rows later
+        return None
+    end = text.find(_PROBE_REPLY)
+    if end < 0:
+        return None
+    rest = text[end + len(_PROBE_REPLY):]
+    specials = {t.content for t in tokenizer.added_tokens_decoder.values()} | set(end_of_turn_tokens(tokenizer))
+    for token in sorted(specials, key=len, reverse=True):
+        if token and rest.startswith(token):
+            return token
+    shaped = _MARKER_SHAPE.match(rest)
+    if shaped:
+        pieces = tokenizer.convert_ids_to_tokens(tokenizer(shaped.group(), add_special_tokens=False)["input_ids"])
+        raise BackpropagateError(
+            "INPUT_TEMPLATE_END_OF_TURN",
+            f"the chat template ends every assistant reply with {shaped.group()!r}, which is not a token of "
+            f"this tokenizer (it splits into {len(pieces)} pieces: {pieces[:6]}); the model could not learn "
+            "to stop, and llama.cpp/Ollama could not stop on it.",
+            hint="Use the chat template that belongs to this model, or add the marker as a special token "
+                 "(tokenizer.add_special_tokens) and resize the model's embeddings before training.")
+    return None
+
+
 def render(tokenizer, conversation: Conversation, *, row: int | None = None) -> str:
     """The conversation as the model's chat template writes it."""
     if not getattr(tokenizer, "chat_template", None):
@@ -66,7 +107,7 @@ def render(tokenizer, conversation: Conversation, *, row: int | None = None) -> 
                  "alternation), or train on a model whose template supports these roles.") from exc
 
 
-def _assistant_spans(text: str, conversation: Conversation, eot: list[str], row: int | None
+def _assistant_spans(text: str, conversation: Conversation, marker: str | None, row: int | None
                      ) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     cursor = 0
@@ -92,24 +133,28 @@ def _assistant_spans(text: str, conversation: Conversation, eot: list[str], row:
         end = found + len(content)
         cursor = end
         if message["role"] == "assistant":
-            for marker in eot:
-                if text.startswith(marker, end):
-                    end += len(marker)
-                    break
+            if marker and text.startswith(marker, end):
+                end += len(marker)
             spans.append((found, end))
             cursor = end
     return spans
 
 
 def tokenize_conversation(tokenizer, conversation: Conversation, *, train_on_responses: bool = True,
-                          row: int | None = None) -> TokenizedSample:
-    """Token ids of the rendered conversation, labelled on assistant turns (or on everything)."""
+                          row: int | None = None, marker: str | None | bool = True) -> TokenizedSample:
+    """Token ids of the rendered conversation, labelled on assistant turns (or on everything).
+
+    Each assistant turn is labelled together with the template's full end-of-turn marker; ``marker``
+    passes one already found by :func:`end_of_turn_marker` (``True``: find it here).
+    """
     text = render(tokenizer, conversation, row=row)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(encoded["input_ids"])
     if not train_on_responses:
         return TokenizedSample(ids, list(ids))
-    spans = _assistant_spans(text, conversation, end_of_turn_tokens(tokenizer), row)
+    if marker is True:
+        marker = end_of_turn_marker(tokenizer)
+    spans = _assistant_spans(text, conversation, marker or None, row)
     labels = [IGNORE_INDEX] * len(ids)
     span_index = 0
     for i, (start, stop) in enumerate(encoded["offset_mapping"]):
@@ -135,10 +180,13 @@ def tokenize_examples(tokenizer, examples: Iterable[Conversation | str], *,
                       train_on_responses: bool = True) -> list[TokenizedSample]:
     """Tokenize every example; raw strings train on all tokens, conversations per ``train_on_responses``."""
     out = []
+    marker: str | None | bool = True
     for row, example in enumerate(examples, start=1):
         if isinstance(example, str):
             out.append(tokenize_text(tokenizer, example))
-        else:
-            out.append(tokenize_conversation(tokenizer, example, train_on_responses=train_on_responses,
-                                             row=row))
+            continue
+        if marker is True and train_on_responses:
+            marker = end_of_turn_marker(tokenizer)  # once: the probe renders the template
+        out.append(tokenize_conversation(tokenizer, example, train_on_responses=train_on_responses,
+                                         row=row, marker=marker))
     return out

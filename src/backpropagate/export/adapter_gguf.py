@@ -4,7 +4,9 @@ Layout follows llama.cpp's own adapter files: ``general.type = adapter``, ``adap
 ``adapter.lora.alpha``, and for every adapted weight ``<gguf name>.lora_a`` (rank x in) and ``.lora_b``
 (out x rank). llama.cpp scales each pair by ``alpha / rank``; where PEFT's scale differs (rsLoRA,
 per-module rank or alpha patterns) the difference is folded into ``lora_b`` so the product is exact.
-For families whose q/k rows are permuted in the base GGUF, the rows of ``lora_b`` are permuted alike.
+For families whose q/k rows are permuted in the base GGUF, the rows of ``lora_b`` are permuted alike, and
+the family rules of :mod:`.gguf_families` (Qwen3.5's value-head order, Gemma 2's query scale) apply to the
+pair as they apply to the base weight.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from ..errors import BackpropagateError
 from .gguf_arch import arch_spec, gguf_tensor_name, interleave_rotary_rows, is_rotary_projection, read_hparams
+from .gguf_families import source_name, text_config, transform_lora
 from .gguf_writer import load_config
 from .merge import check_adapter, resolve_source
 from .outputs import atomic_file
@@ -94,6 +97,8 @@ def write_adapter_gguf(adapter_dir: str | Path, base_dir: str | Path, output: st
         factor = _peft_scale(config, module) * rank / alpha
         if not math.isclose(factor, 1.0, rel_tol=1e-7):
             lora_b = lora_b * np.float32(factor)
+        module = source_name(spec.family, module) or module
+        lora_a, lora_b = transform_lora(spec.family, module, lora_a, lora_b, text_config(base_config))
         weight_name = module + ".weight"
         if spec.permute_qk:
             is_q, is_k = is_rotary_projection(weight_name)

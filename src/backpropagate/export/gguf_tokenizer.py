@@ -1,10 +1,10 @@
-"""The tokenizer half of a GGUF: vocabulary, merges, token types, special ids and the chat template.
+"""The tokenizer half of a GGUF: vocabulary, scores, merges, token types, special ids and the chat template.
 
 Everything is read from the Hugging Face tokenizer the model was trained with, so llama.cpp tokenizes
-exactly like it did. llama.cpp does not read the pre-tokenizer regex from the file; it picks its own
-implementation by name (``tokenizer.ggml.pre``). The name is therefore chosen by comparing the
-tokenizer's split regex with the ones llama.cpp implements, and anything else is refused rather than
-exported to tokenize differently.
+exactly like it did. Two kinds are exported: byte-level BPE (``tokenizer.ggml.model = "gpt2"``: GPT-2,
+SmolLM, Llama 3, Qwen2/3/3.5, Phi-4) and SentencePiece-style BPE with byte fallback (``"llama"``: Llama 2,
+Mistral, Phi-3, Gemma). :mod:`.gguf_vocab_kind` decides which llama.cpp tokenizer reproduces the
+tokenizer.json exactly and refuses the rest; :func:`check_tokenizer` runs that decision before training.
 """
 
 from __future__ import annotations
@@ -16,17 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackpropagateError
+from ..logs import get_logger
+from .gguf_tokens import token_table
+from .gguf_vocab_kind import SUPPORTED_KINDS, tokenizer_kind
 
-# The split regexes of llama.cpp's pre-tokenizers we map to (as written in tokenizer.json files).
-_LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_PRE_BY_REGEX = {_LLAMA3_REGEX: "llama-bpe", _QWEN2_REGEX: "qwen2"}
-_SUPPORTED_PRE = "the GPT-2 byte-level regex, the Llama 3 split regex or the Qwen2 split regex"
-
-# gguf token types (gguf.TokenType values)
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+# llama.cpp right-strips every added token except these when general.name contains "phi3"/"phi-3",
+# exactly what Microsoft's Phi-3 tokenizers flag (rstrip) in tokenizer.json; no other strip layout is reproduced.
+PHI3_UNSTRIPPED = ("<unk>", "<s>", "<|endoftext|>")
+PHI3_REQUIRED = (*PHI3_UNSTRIPPED, "</s>")
 
 
 @dataclass
@@ -42,33 +39,69 @@ class VocabInfo:
     add_eos: bool
     chat_template: str | None
     stop_ids: list[int] = field(default_factory=list)  # every end-of-turn/stop token id
+    model: str = "gpt2"  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece style)
+    scores: list[float] | None = None  # only for model == "llama"
+    add_space_prefix: bool | None = None  # only for model == "llama"
+    # "phi3": general.name must contain "phi3" so llama.cpp right-strips added tokens like the tokenizer does
+    strip_rule: str | None = None
 
 
-def _pre_tokenizer_name(tokenizer_json: dict[str, Any], where: Path) -> str:
-    model = tokenizer_json.get("model") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise BackpropagateError(
-            "INPUT_UNSUPPORTED_TOKENIZER",
-            f"{where}: the tokenizer is a {model.get('type', '?')} model"
-            f"{' with byte fallback (SentencePiece style)' if model.get('byte_fallback') else ''}; "
-            "the GGUF export supports byte-level BPE tokenizers only.")
-    normalizer = tokenizer_json.get("normalizer")
-    if normalizer and normalizer.get("type") != "NFC":
-        raise BackpropagateError("INPUT_UNSUPPORTED_TOKENIZER",
-                                 f"{where}: the tokenizer normalizes text ({normalizer.get('type')}), "
-                                 "which llama.cpp does not reproduce.")
-    pre = tokenizer_json.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    kinds = [s.get("type") for s in steps]
-    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt-2"
-    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
-        regex = (steps[0].get("pattern") or {}).get("Regex")
-        if regex in _PRE_BY_REGEX and steps[0].get("behavior") == "Isolated":
-            return _PRE_BY_REGEX[regex]
-    raise BackpropagateError("INPUT_UNSUPPORTED_TOKENIZER",
-                             f"{where}: the pre-tokenizer ({' + '.join(map(str, kinds))}) is not one llama.cpp "
-                             f"implements; supported: {_SUPPORTED_PRE}.")
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BackpropagateError("INPUT_UNSUPPORTED_TOKENIZER", f"cannot read {path}: {exc}") from exc
+
+
+def strip_rule(added_tokens: list[dict[str, Any]], where: Path | str = "tokenizer.json") -> str | None:
+    """None when no added token strips spaces, "phi3" for Phi-3's layout; anything else is refused."""
+    flagged = [a for a in added_tokens if a.get("lstrip") or a.get("rstrip") or a.get("single_word")]
+    if not flagged:
+        return None
+    contents = {a["content"] for a in added_tokens}
+    phi3 = all(not a.get("lstrip") and not a.get("single_word")
+               and bool(a.get("rstrip")) == (a["content"] not in PHI3_UNSTRIPPED) for a in added_tokens)
+    if phi3 and all(t in contents for t in PHI3_REQUIRED):
+        return "phi3"
+    names = ", ".join(repr(a["content"]) for a in flagged[:5])
+    raise BackpropagateError(
+        "INPUT_UNSUPPORTED_TOKENIZER",
+        f"{where}: added tokens strip surrounding spaces ({names}), which llama.cpp reproduces only for "
+        "Phi-3's exact layout.",
+        hint="Export --format merged and convert that folder with llama.cpp's convert_hf_to_gguf.py.")
+
+
+def check_tokenizer_kind(kind: str) -> str | None:
+    """None when the export handles the tokenizer llama.cpp calls ``kind`` (a preset's pinned kind), else why not."""
+    if kind in SUPPORTED_KINDS:
+        return None
+    return (f"the {kind or 'unknown'} tokenizer cannot be exported to GGUF by backpropagate "
+            f"(supported: {', '.join(SUPPORTED_KINDS)})")
+
+
+def check_tokenizer(source: str | Path | dict[str, Any]) -> str | None:
+    """None when the tokenizer can be exported to GGUF, else the reason; cheap (reads tokenizer.json only).
+
+    ``source`` is a model/tokenizer folder, a tokenizer.json path or its parsed content.
+    """
+    if isinstance(source, dict):
+        data, where = source, "tokenizer.json"
+    else:
+        path = Path(source)
+        path = path / "tokenizer.json" if path.is_dir() else path
+        if not path.is_file():
+            return f"{path} does not exist (a fast tokenizer with tokenizer.json is required)"
+        where = path
+        try:
+            data = _read_json(path)
+        except BackpropagateError as exc:
+            return exc.message
+    try:
+        tokenizer_kind(data, where)
+        strip_rule(data.get("added_tokens", []), where)
+    except BackpropagateError as exc:
+        return exc.message
+    return None
 
 
 def _end_of_turn_token(tokenizer: Any, specials: list[str]) -> str | None:
@@ -126,63 +159,77 @@ def _merges(model_dir: Path) -> list[str]:
         quiet.setLevel(level)
 
 
-def read_vocab(model_dir: Path, tokenizer: Any, n_vocab: int) -> VocabInfo:
-    """Build the GGUF vocabulary of ``tokenizer`` for an embedding with ``n_vocab`` rows."""
-    tokenizer_file = model_dir / "tokenizer.json"
-    if not tokenizer_file.is_file():
-        raise BackpropagateError("INPUT_UNSUPPORTED_TOKENIZER",
-                                 f"{model_dir} has no tokenizer.json (a fast tokenizer is required).")
-    tokenizer_json = json.loads(tokenizer_file.read_text(encoding="utf-8"))
-    pre = _pre_tokenizer_name(tokenizer_json, tokenizer_file)
+def _special_ids(tokenizer: Any) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for kind in ("bos", "eos", "unk", "pad"):
+        token_id = getattr(tokenizer, f"{kind}_token_id", None)
+        if token_id is not None:
+            found[kind] = int(token_id)
+    specials = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+    eot = _end_of_turn_token(tokenizer, specials)
+    if eot is not None:
+        found["eot"] = int(tokenizer.convert_tokens_to_ids(eot))
+    return found
+
+
+def _check_fits(tokenizer: Any, n_vocab: int) -> None:
+    """Every token must have an embedding row, except special added tokens past the end (Gemma 3's
+    ``<image_soft_token>`` on the text model), which llama.cpp's converter drops too. An ordinary token
+    without a row (words added to the tokenizer, embeddings not resized) is a mismatch."""
     vocab: dict[str, int] = tokenizer.get_vocab()
-    if len(vocab) > n_vocab or max(vocab.values(), default=0) >= n_vocab:
+    added = tokenizer.added_tokens_decoder
+    beyond = sorted(i for i in vocab.values() if i >= n_vocab)
+    if any(i not in added or not added[i].special for i in beyond):
         raise BackpropagateError(
             "STATE_VOCAB_MISMATCH",
             f"the tokenizer has {len(vocab)} tokens (highest id {max(vocab.values())}) but the model's "
             f"embedding has only {n_vocab} rows.")
-    added = tokenizer.added_tokens_decoder  # id -> AddedToken
-    by_id = {i: tok for tok, i in vocab.items()}
-    tokens: list[str] = []
-    types: list[int] = []
-    for i in range(n_vocab):
-        if i not in by_id:
-            tokens.append(f"[PAD{i}]")
-            types.append(UNUSED)
-        elif i in added:
-            tokens.append(added[i].content)
-            types.append(CONTROL if added[i].special else USER_DEFINED)
-        else:
-            tokens.append(by_id[i])
-            types.append(NORMAL)
-    merges = _merges(model_dir)
-    specials = [t.content for t in added.values() if t.special]
-    special_ids: dict[str, int] = {}
-    for kind in ("bos", "eos", "unk", "pad"):
-        token_id = getattr(tokenizer, f"{kind}_token_id", None)
-        if token_id is not None:
-            special_ids[kind] = int(token_id)
-    eot = _end_of_turn_token(tokenizer, specials)
-    if eot is not None:
-        special_ids["eot"] = int(vocab[eot])
+    if beyond:
+        names = [added[i].content for i in beyond]
+        get_logger().warning("gguf_tokens_dropped", count=len(beyond), tokens=", ".join(names[:5]),
+                             reason="added tokens past the embedding; the model can neither read nor emit them")
+
+
+def read_vocab(model_dir: Path, tokenizer: Any, n_vocab: int) -> VocabInfo:
+    """Build the GGUF vocabulary of ``tokenizer`` for an embedding with ``n_vocab`` rows."""
+    model_dir = Path(model_dir)
+    tokenizer_file = model_dir / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise BackpropagateError("INPUT_UNSUPPORTED_TOKENIZER",
+                                 f"{model_dir} has no tokenizer.json (a fast tokenizer is required).")
+    tokenizer_json = _read_json(tokenizer_file)
+    kind = tokenizer_kind(tokenizer_json, tokenizer_file)
+    rule = strip_rule(tokenizer_json.get("added_tokens", []), tokenizer_file)
+    _check_fits(tokenizer, n_vocab)
+    spm = kind.model == "llama"
+    table = token_table(tokenizer, tokenizer_json, n_vocab, spm)
+    special_ids = _special_ids(tokenizer)
     probe = tokenizer("a")["input_ids"]
     add_bos = "bos" in special_ids and bool(probe) and probe[0] == special_ids["bos"]
     add_eos = "eos" in special_ids and bool(probe) and probe[-1] == special_ids["eos"]
     stop_ids = [i for i in stop_tokens(model_dir, tokenizer).values() if i < n_vocab]
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
-    return VocabInfo(tokens=tokens, token_types=types, merges=merges, pre=pre, special_ids=special_ids,
-                     add_bos=add_bos, add_eos=add_eos, chat_template=template, stop_ids=stop_ids)
+    return VocabInfo(tokens=table.tokens, token_types=table.token_types, merges=[] if spm else _merges(model_dir),
+                     pre=kind.pre, special_ids=special_ids, add_bos=add_bos, add_eos=add_eos,
+                     chat_template=template, stop_ids=stop_ids, model=kind.model, scores=table.scores,
+                     add_space_prefix=kind.add_space_prefix, strip_rule=rule)
 
 
 def add_vocab(writer: Any, info: VocabInfo) -> None:
-    """Write the ``tokenizer.*`` keys."""
-    writer.add_tokenizer_model("gpt2")
+    """Write the ``tokenizer.*`` keys (general.name is the caller's: see :attr:`VocabInfo.strip_rule`)."""
+    writer.add_tokenizer_model(info.model)
     writer.add_tokenizer_pre(info.pre)
     writer.add_token_list(info.tokens)
+    if info.scores is not None:
+        writer.add_token_scores(info.scores)
     writer.add_token_types(info.token_types)
-    writer.add_token_merges(info.merges)
+    if info.merges:
+        writer.add_token_merges(info.merges)
     for kind, token_id in info.special_ids.items():
         getattr(writer, f"add_{kind}_token_id")(token_id)
     writer.add_add_bos_token(info.add_bos)
     writer.add_add_eos_token(info.add_eos)
+    if info.add_space_prefix is not None:
+        writer.add_add_space_prefix(info.add_space_prefix)
     if info.chat_template:
         writer.add_chat_template(info.chat_template)

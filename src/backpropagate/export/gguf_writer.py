@@ -30,6 +30,7 @@ from .gguf_arch import (
     read_hparams,
     skip_tensor,
 )
+from .gguf_families import output_shape, source_name, text_config, transform_tensor
 from .gguf_tokenizer import VocabInfo, add_vocab, read_vocab
 from .outputs import atomic_file
 
@@ -52,7 +53,8 @@ class WriteResult:
 
 @dataclass(frozen=True)
 class _Planned:
-    hf_name: str | None  # None for tensors made here (rope_freqs)
+    hf_name: str | None  # the checkpoint's name; None for tensors made here (rope_freqs)
+    canonical: str | None  # the name the family rules and gguf's name map know it by
     gguf_name: str
     shape: tuple[int, ...]
     qtype: Any  # gguf.GGMLQuantizationType
@@ -89,8 +91,8 @@ def _out_qtype(out_type: str, shape: tuple[int, ...], name: str, fallbacks: list
     import gguf
 
     qt = gguf.GGMLQuantizationType
-    if len(shape) < 2 or name == "rope_freqs.weight":
-        return qt.F32  # norms, biases and rope factors stay f32, as llama.cpp expects
+    if len(shape) < 2 or name == "rope_freqs.weight" or name.endswith(".ssm_conv1d.weight"):
+        return qt.F32  # norms, biases, rope factors and conv kernels stay f32, as llama.cpp expects
     wanted = {"f32": qt.F32, "f16": qt.F16, "bf16": qt.BF16, "q8_0": qt.Q8_0}[out_type]
     block = gguf.GGML_QUANT_SIZES[wanted][0]
     if shape[-1] % block:
@@ -117,23 +119,25 @@ def _plan(files: dict[str, Path], hp: HParams, spec: ArchSpec, extra: dict[str, 
 
     arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == spec.gguf_arch)
     name_map = gguf.get_tensor_name_map(arch_enum, hp.n_layers)
-    shapes = _shapes(files)
-    embed = shapes.get("model.embed_tokens.weight")
+    shapes = {name: shape for name, shape in _shapes(files).items() if source_name(spec.family, name) is not None}
+    canonical = {name: str(source_name(spec.family, name)) for name in shapes}
+    embed = next((shapes[n] for n, c in canonical.items() if c == "model.embed_tokens.weight"), None)
     if embed is None:
         raise BackpropagateError("INPUT_NOT_A_MODEL_DIR", "the checkpoint has no model.embed_tokens.weight.")
     if embed[0] != hp.n_vocab:
         raise BackpropagateError("STATE_VOCAB_MISMATCH",
                                  f"config.vocab_size is {hp.n_vocab} but the embedding has {embed[0]} rows.")
     planned: list[_Planned] = []
-    for name in sorted(shapes, key=_tensor_order):
-        if skip_tensor(name, hp):
+    for name in sorted(shapes, key=lambda n: _tensor_order(canonical[n])):
+        if skip_tensor(canonical[name], hp):
             continue
-        gguf_name = gguf_tensor_name(name_map, name)
-        planned.append(_Planned(name, gguf_name, shapes[name], _out_qtype(out_type, shapes[name], gguf_name,
-                                                                          fallbacks)))
+        gguf_name = gguf_tensor_name(name_map, canonical[name])
+        shape = output_shape(canonical[name], shapes[name])
+        planned.append(_Planned(name, canonical[name], gguf_name, shape,
+                                _out_qtype(out_type, shape, gguf_name, fallbacks)))
     for gguf_name, array in extra.items():
-        planned.append(_Planned(None, gguf_name, array.shape, _out_qtype(out_type, array.shape, gguf_name,
-                                                                         fallbacks)))
+        planned.append(_Planned(None, None, gguf_name, array.shape, _out_qtype(out_type, array.shape, gguf_name,
+                                                                               fallbacks)))
     return planned
 
 
@@ -155,11 +159,13 @@ def _load(files: dict[str, Path], name: str) -> np.ndarray:
         return handle.get_tensor(name).float().numpy()
 
 
-def _convert(item: _Planned, data: np.ndarray, spec: ArchSpec, hp: HParams) -> np.ndarray:
+def _convert(item: _Planned, data: np.ndarray, spec: ArchSpec, hp: HParams, config: Any) -> np.ndarray:
     import gguf
 
-    if item.hf_name is not None and spec.permute_qk:
-        is_q, is_k = is_rotary_projection(item.hf_name)
+    if item.canonical is not None:
+        data = transform_tensor(spec.family, item.canonical, data, config)
+    if item.canonical is not None and spec.permute_qk:
+        is_q, is_k = is_rotary_projection(item.canonical)
         if is_q or is_k:
             data = interleave_rotary_rows(data, hp.n_head if is_q else hp.n_head_kv)
     return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), item.qtype)
@@ -172,15 +178,16 @@ def file_type(out_type: str) -> int:
     return {"f32": ft.ALL_F32, "f16": ft.MOSTLY_F16, "bf16": ft.MOSTLY_BF16, "q8_0": ft.MOSTLY_Q8_0}[out_type]
 
 
-def model_name(name: str, tokenizer: Any) -> str:
-    """general.name for the file, minus a "phi3" that would change how llama.cpp tokenizes.
+def model_name(name: str, vocab: VocabInfo) -> str:
+    """general.name for the file, with "phi3" in it exactly when the tokenizer strips like Phi-3's.
 
-    llama.cpp marks every special token right-stripping when general.name contains "phi3"/"phi-3"
-    (true of Microsoft's tokenizer, and it then looks up "</s>"); keep that only when it holds here.
+    llama.cpp strips the spaces after special tokens the way Phi-3's tokenizer does only when
+    general.name contains "phi3"/"phi-3" (``VocabInfo.strip_rule == "phi3"``); any other tokenizer must
+    not carry the word, or llama.cpp would tokenize it differently from Hugging Face.
     """
-    rstrip = all(getattr(t, "rstrip", False) for t in tokenizer.added_tokens_decoder.values() if t.special)
-    if rstrip and "</s>" in tokenizer.get_vocab():
-        return name
+    has_phi3 = re.search(r"(?i)phi-?3", name) is not None
+    if vocab.strip_rule == "phi3":
+        return name if has_phi3 else f"{name}-phi3"
     return re.sub(r"(?i)phi-?3", "phi", name)
 
 
@@ -219,7 +226,7 @@ def write_gguf(model_dir: str | Path, output: str | Path, out_type: str = "f16",
 
     writer = gguf.GGUFWriter(path=None, arch=spec.gguf_arch)
     writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(model_name(name or model_dir.name, tokenizer))
+    writer.add_name(model_name(name or model_dir.name, vocab))
     writer.add_file_type(file_type(out_type))
     if out_type == "q8_0":
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -237,7 +244,7 @@ def write_gguf(model_dir: str | Path, output: str | Path, out_type: str = "f16",
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             for item, data in zip(planned, _stream(planned, files, extra), strict=True):
-                writer.write_tensor_data(_convert(item, data, spec, hp))
+                writer.write_tensor_data(_convert(item, data, spec, hp, text_config(config)))
             writer.flush()
         finally:
             writer.close()

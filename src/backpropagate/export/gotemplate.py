@@ -5,14 +5,16 @@ both here, so a translated TEMPLATE could silently drift. This evaluator lets th
 TEMPLATE for probe conversations and compare the text with ``apply_chat_template`` before writing the
 Modelfile. It covers exactly what our templates use, with Go's semantics: ``{{- `` / `` -}}`` trim
 markers, ``if``/``else if``/``else``/``end``, ``range $i, $_ := pipeline``, ``$var := pipeline``, fields
-(``.Role``, ``$.Messages``), string/int literals, parentheses, and the functions ``eq ne lt le gt ge and
-or not len slice``. Anything else raises ``ValueError``.
+(``.Role``, ``$.Messages``), string/int literals, parentheses, Go's functions ``eq ne lt le gt ge and or
+not len slice`` and Ollama's ``currentDate`` (today as YYYY-MM-DD, any format argument ignored, as Ollama
+does). Anything else raises ``ValueError``.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 _ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.S)
@@ -105,7 +107,8 @@ def _field(value: Any, path: list[str]) -> Any:
 _FUNCS = {
     "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
     "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
-    "not": lambda a: not _truthy(a), "len": len, "slice": lambda seq, i: seq[i:],
+    "not": lambda a: not _truthy(a), "len": len, "slice": lambda seq, i, j=None: seq[i:j],
+    "currentDate": lambda *_: date.today().isoformat(),
     "and": lambda *a: next((x for x in a if not _truthy(x)), a[-1]),
     "or": lambda *a: next((x for x in a if _truthy(x)), a[-1]),
 }

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackpropagateError
-from .ollama_templates import pick_template
+from .ollama_templates import choose_template
 from .outputs import write_text_atomically
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
@@ -61,22 +61,24 @@ def _quote_path(path: Path) -> str:
 
 def build_modelfile(gguf_path: Path, model_dir: Path, *, stop_tokens: list[str], context_length: int,
                     adapter_path: Path | None = None, system: str | None = None,
-                    num_ctx: int | None = None) -> Modelfile | None:
-    """The Modelfile for ``gguf_path``, or None when no TEMPLATE reproduces the chat template."""
+                    num_ctx: int | None = None) -> Modelfile:
+    """The Modelfile for ``gguf_path``; INPUT_TEMPLATE_UNTRANSLATABLE (with the reason) when no verified
+    TEMPLATE reproduces the chat template."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     ids = tokenizer("a")["input_ids"]
     bos_added = tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
-    picked = pick_template(tokenizer, bos_added)
-    if picked is None:
-        return None
+    choice = choose_template(tokenizer, bos_added)
+    if choice.template is None or choice.name is None:
+        raise BackpropagateError("INPUT_TEMPLATE_UNTRANSLATABLE",
+                                 f"no Ollama TEMPLATE reproduces this chat template: {choice.reason}")
     if system is not None and '"""' in system:
         raise BackpropagateError("INPUT_INVALID_VALUE", 'system prompts cannot contain """ in a Modelfile.')
     ctx = num_ctx or min(context_length, DEFAULT_NUM_CTX)
     if ctx <= 0:
         raise BackpropagateError("INPUT_INVALID_VALUE", f"num_ctx={num_ctx!r} is invalid: expected a positive integer.")
-    return Modelfile(model=gguf_path.resolve(), template=picked[1], template_name=picked[0], stop=stop_tokens,
+    return Modelfile(model=gguf_path.resolve(), template=choice.template, template_name=choice.name, stop=stop_tokens,
                      num_ctx=ctx, adapter=adapter_path.resolve() if adapter_path else None, system=system)
 
 

@@ -1,66 +1,21 @@
-"""Ollama TEMPLATEs (Go templates) for the chat formats of the supported families, and how one is chosen.
+"""Which Ollama TEMPLATE (Go template) a model gets, verified by rendering.
 
 Ollama passes the system prompt as ``.System`` and the turns as ``.Messages`` (each with ``.Role`` and
-``.Content``); system turns are rendered from ``.System`` only, and the generation prompt follows the last
-user turn. A template is only used for a model if, rendered by :mod:`.gotemplate` for a set of probe
-conversations, it gives exactly the text of the model's own chat template (after the bos token that
-llama.cpp adds by itself). Tool calls and reasoning toggles are not translated.
+``.Content``); the generation prompt follows the last user turn. A TEMPLATE of :mod:`.ollama_formats` is only
+used for a model if, rendered by :mod:`.gotemplate` for every probe conversation, it gives exactly the text
+of the model's own chat template (after the bos token that llama.cpp adds by itself); the chat template is
+rendered the way training renders it (no extra arguments, so a template that writes today's date writes
+the real one). When none does, :func:`choose_template` says what differs, so the note is specific. Tool calls
+and reasoning toggles are not translated.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from .gotemplate import render
-
-_LAST = "{{- $last := eq (len (slice $.Messages $i)) 1 }}\n"
-
-LLAMA3 = (
-    "{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>\n{{- end }}\n"
-    "{{- range $i, $_ := .Messages }}\n" + _LAST +
-    "{{- if eq .Role \"user\" }}<|start_header_id|>user<|end_header_id|>\n\n{{ .Content }}<|eot_id|>\n"
-    "{{- if $last }}<|start_header_id|>assistant<|end_header_id|>\n\n{{ end }}\n"
-    "{{- else if eq .Role \"assistant\" }}<|start_header_id|>assistant<|end_header_id|>\n\n{{ .Content }}\n"
-    "{{- if not $last }}<|eot_id|>\n{{- end }}\n"
-    "{{- end }}\n{{- end }}")
-
-
-def _turns(user: str, assistant: str, end: str, gen: str) -> str:
-    """The per-message loop shared by the ChatML-like formats: ``<user>content<end>`` ..."""
-    return ("{{- range $i, $_ := .Messages }}\n" + _LAST +
-            f"{{{{- if eq .Role \"user\" }}}}{user}{{{{ .Content }}}}{end}{{{{ if $last }}}}{gen}{{{{ end }}}}\n"
-            f"{{{{- else if eq .Role \"assistant\" }}}}{assistant}{{{{ .Content }}}}\n"
-            f"{{{{- if not $last }}}}{end}{{{{ end }}}}\n"
-            "{{- end }}\n{{- end }}")
-
-
-_CHATML_TURNS = _turns("<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>\n", "<|im_start|>assistant\n")
-QWEN2 = ("{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n"
-         "{{ else }}<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
-         "<|im_end|>\n{{ end }}\n" + _CHATML_TURNS)
-CHATML = "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}\n" + _CHATML_TURNS
-PHI3 = ("{{- if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}\n" +
-        _turns("<|user|>\n", "<|assistant|>\n", "<|end|>\n", "<|assistant|>\n"))
-_NO_THINK = "<|im_start|>assistant\n<think>\n\n</think>\n"
-SMOLLM3 = ("<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nReasoning Mode: /no_think\n\n"
-           "## Custom Instructions\n\n{{ if .System }}{{ .System }}{{ else }}You are a helpful AI assistant "
-           "named SmolLM, trained by Hugging Face.{{ end }}\n\n<|im_end|>\n{{ range $i, $_ := .Messages }}\n"
-           + _LAST +
-           f"{{{{- if eq .Role \"user\" }}}}<|im_start|>user\n{{{{ .Content }}}}<|im_end|>\n"
-           f"{{{{ if $last }}}}{_NO_THINK}{{{{ end }}}}\n"
-           f"{{{{- else if eq .Role \"assistant\" }}}}{_NO_THINK}{{{{ .Content }}}}\n"
-           "{{- if not $last }}<|im_end|>\n{{ end }}\n{{- end }}\n{{- end }}")
-MISTRAL = (
-    "{{- range $i, $_ := .Messages }}\n"
-    "{{- if eq .Role \"user\" }}[INST] {{ if and $.System (le (len (slice $.Messages $i)) 2) }}{{ $.System }}\n\n"
-    "{{ end }}{{ .Content }}[/INST]\n"
-    "{{- else if eq .Role \"assistant\" }} {{ .Content }}\n"
-    "{{- if ne (len (slice $.Messages $i)) 1 }}</s>\n{{- end }}\n"
-    "{{- end }}\n{{- end }}")
-
-#: Candidate templates, tried in this order.
-TEMPLATES: dict[str, str] = {"llama3": LLAMA3, "qwen2": QWEN2, "chatml": CHATML, "phi3": PHI3,
-                             "smollm3": SMOLLM3, "mistral": MISTRAL}
+from .ollama_formats import TEMPLATES
 
 PROBES: tuple[tuple[dict[str, str], ...], ...] = (
     ({"role": "user", "content": "What is the capital of France?"},),
@@ -70,13 +25,33 @@ PROBES: tuple[tuple[dict[str, str], ...], ...] = (
     ({"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "2+2?"},
      {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"},
      {"role": "assistant", "content": "6"}, {"role": "user", "content": "Thanks."}),
+    ({"role": "user", "content": "Write a haiku about the ocean."},
+     {"role": "assistant", "content": "Waves fold into foam,\nthe moon pulls the tide back home."},
+     {"role": "user", "content": "Now one about mountains.\nKeep it short."}),
 )
+
+_CONTEXT = 40  # characters of each render quoted around the first difference
+
+
+@dataclass(frozen=True)
+class TemplateChoice:
+    """The verified TEMPLATE (``name``/``template``), or None and ``reason``: why none reproduces the chat template."""
+
+    name: str | None
+    template: str | None
+    reason: str = ""
 
 
 def render_ollama(template: str, messages: list[dict[str, str]]) -> str:
-    """The prompt Ollama builds for ``messages`` (system turns become ``.System``, joined like Ollama does)."""
+    """The prompt Ollama builds for ``messages``: like its ``collate``, every system turn is joined into
+    ``.System`` and consecutive turns of one role are merged into one."""
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    turns = [{"Role": m["role"], "Content": m["content"]} for m in messages]
+    turns: list[dict[str, str]] = []
+    for m in messages:
+        if turns and turns[-1]["Role"] == m["role"]:
+            turns[-1]["Content"] += "\n\n" + m["content"]
+        else:
+            turns.append({"Role": m["role"], "Content": m["content"]})
     return render(template, {"System": system, "Messages": turns})
 
 
@@ -89,15 +64,67 @@ def expected_prompt(tokenizer: Any, messages: list[dict[str, str]], bos_added: b
     return text
 
 
+def _roles(probe: tuple[dict[str, str], ...]) -> str:
+    return "/".join(m["role"] for m in probe)
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _feature(want: str) -> str:
+    """A feature of the chat template's text (near a difference) that no TEMPLATE variable reproduces."""
+    if "<think>" in want or "</think>" in want:
+        return "; it writes reasoning (<think>) blocks, which Ollama's .Messages cannot reproduce"
+    if "Date:" in want:
+        return "; it writes a date in a form no TEMPLATE here reproduces"
+    return ""
+
+
+def _difference(name: str, probe: tuple[dict[str, str], ...], got: str, want: str, matched: int) -> str:
+    at = _common_prefix(got, want)
+    start = max(0, at - _CONTEXT // 2)
+    return (f"the closest Ollama TEMPLATE ({name!r}, {matched}/{len(PROBES)} probes equal) differs on the "
+            f"{_roles(probe)} conversation at character {at}: it writes {got[start:at + _CONTEXT]!r} where the "
+            f"chat template writes {want[start:at + _CONTEXT]!r}{_feature(want[start:at + _CONTEXT])}")
+
+
+def _render_or_error(template: str, probe: tuple[dict[str, str], ...]) -> str:
+    try:
+        return render_ollama(template, list(probe))
+    except (ValueError, TypeError, IndexError) as exc:  # a TEMPLATE our renderer cannot run counts as a miss
+        return f"<render error: {exc}>"
+
+
+def choose_template(tokenizer: Any, bos_added: bool) -> TemplateChoice:
+    """The first TEMPLATE whose renders equal the chat template's for every probe, else why there is none."""
+    if not getattr(tokenizer, "chat_template", None):
+        return TemplateChoice(None, None, "the tokenizer has no chat template")
+    expected = []
+    for probe in PROBES:
+        try:
+            expected.append(expected_prompt(tokenizer, list(probe), bos_added))
+        except Exception as exc:  # noqa: BLE001 - a template that refuses a probe cannot be verified
+            return TemplateChoice(None, None, f"the chat template refuses a {_roles(probe)} conversation "
+                                              f"({type(exc).__name__}: {exc}), so no TEMPLATE can be verified")
+    best: tuple[int, int, str] | None = None  # (probes equal, common prefix of the first miss, reason)
+    for name, template in TEMPLATES.items():
+        renders = [_render_or_error(template, p) for p in PROBES]
+        misses = [i for i, (got, want) in enumerate(zip(renders, expected, strict=True)) if got != want]
+        if not misses:
+            return TemplateChoice(name, template)
+        i = misses[0]
+        score = (len(PROBES) - len(misses), _common_prefix(renders[i], expected[i]))
+        if best is None or score > best[:2]:
+            best = (*score, _difference(name, PROBES[i], renders[i], expected[i], score[0]))
+    assert best is not None
+    return TemplateChoice(None, None, best[2])
+
+
 def pick_template(tokenizer: Any, bos_added: bool) -> tuple[str, str] | None:
     """(name, Go template) whose renders equal the chat template's for every probe, or None."""
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-    try:
-        expected = [expected_prompt(tokenizer, list(p), bos_added) for p in PROBES]
-    except Exception:  # noqa: BLE001 - a template that refuses the probes cannot be verified
-        return None
-    for name, template in TEMPLATES.items():
-        if all(render_ollama(template, list(p)) == e for p, e in zip(PROBES, expected, strict=True)):
-            return name, template
-    return None
+    choice = choose_template(tokenizer, bos_added)
+    return None if choice.template is None else (choice.name or "", choice.template)

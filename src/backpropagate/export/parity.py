@@ -3,9 +3,18 @@
 On a fixed set of prompts (plain text, and conversations rendered through the chat template) it checks
 (a) llama.cpp tokenizes exactly like the Hugging Face tokenizer, (b) the chat template stored in the GGUF,
 rendered the way llama-cpp-python renders it, gives the same text as ``apply_chat_template``, (c) every
-end-of-turn/stop token is an end-of-generation token for llama.cpp, and (d) the next-token top-1 choice
-agrees with PyTorch at every position (with the largest logit difference), plus short greedy
-generations from both (a chat reply up to its end-of-turn token, and a fixed-length text continuation). Thresholds for (d) are in :data:`.quantize.AGREEMENT_THRESHOLDS`.
+end-of-turn/stop token is an end-of-generation token for llama.cpp, and (d) the next-token distributions
+agree with PyTorch's at every position: top-1 agreement and KL divergence (reported like llama.cpp's
+``perplexity --kl-divergence``), plus short greedy generations from both (reported).
+
+How (d) is judged depends on the type, because quantization legitimately moves logits and a fixed top-1
+threshold cannot tell rounding from a fault: f32/f16/bf16 need >= 99 % top-1 agreement
+(:data:`.quantize.AGREEMENT_THRESHOLDS`). A quantized file is judged against files of the same weights
+(:class:`References`): the f16/bf16 GGUF must pass that strict check, a type the writer quantizes itself
+(q8_0) must come as close to PyTorch as llama.cpp's own quantizer's file of that type (mean KLD and top-1,
+within :data:`.quantize.KL_TOLERANCE` / :data:`.quantize.TOP1_TOLERANCE`), and every quantized type stays
+under a sanity ceiling on its mean KLD: a share (:data:`.quantize.MAX_KLD_SHARE`) of what a uniform guess
+loses on the same positions, so one rule fits models of any size and vocabulary.
 """
 
 from __future__ import annotations
@@ -16,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .gguf_tokenizer import stop_tokens
-from .quantize import AGREEMENT_THRESHOLDS, require_llama_cpp
+from .kl import Divergence, KLStats, kl_from_uniform, nats, paired_margin
+from .quantize import AGREEMENT_THRESHOLDS, KL_TOLERANCE, MAX_KLD_SHARE, TOP1_TOLERANCE, require_llama_cpp
 
 PLAIN_PROMPTS: tuple[str, ...] = (
     "The quick brown fox jumps over the lazy dog. What is the capital of France?",
@@ -37,6 +47,15 @@ GENERATION_TOKENS = 16
 SMALL_MODEL_BYTES = 256 * 2**20
 
 
+@dataclass(frozen=True)
+class References:
+    """Files of the same weights a quantized GGUF is judged against (made by the export, see module doc)."""
+
+    full: Path | None = None  # the f16/bf16 GGUF the quantized file was (or could have been) made from
+    full_type: str = "f16"
+    quantized: Path | None = None  # llama.cpp's quantizer's file of the same type, for types we write
+
+
 @dataclass
 class ParityReport:
     """The outcome of :func:`verify_gguf`; ``to_dict`` is what export_report.json holds."""
@@ -53,7 +72,12 @@ class ParityReport:
     positions: int = 0
     agreement: float = 0.0
     max_logit_diff: float = 0.0
-    threshold: float | None = None
+    threshold: float | None = None  # the minimum top-1 agreement applied; None: reported only
+    kl: dict[str, Any] = field(default_factory=dict)  # KLStats of KL(PyTorch || GGUF), in nats
+    kl_limit: float | None = None  # the maximum mean KLD applied
+    kl_uniform: float = 0.0  # PyTorch's mean KLD from a uniform guess on the same positions: the KL scale
+    rules: dict[str, str] = field(default_factory=dict)  # how each limit was set, for people
+    references: list[dict[str, Any]] = field(default_factory=list)  # the files compared with, and their scores
     generation: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
@@ -70,13 +94,20 @@ class ParityReport:
         tpl = [t for t in self.chat_template if t["match"] is not None]
         tpl_ok = sum(t["match"] for t in tpl)
         stops = ", ".join(f"{k} {'ok' if v else 'NOT EOG'}" for k, v in self.stop_tokens.items())
-        need = f">= {self.threshold:.0%}" if self.threshold is not None else "reported only"
+        kl = KLStats(**self.kl) if self.kl else None
         rows = [
             ("check", "result", "required"),
             ("token ids (HF vs GGUF)", f"{tok_ok}/{len(self.tokenization)} prompts equal", "all"),
             ("chat template render", f"{tpl_ok}/{len(tpl)} conversations equal" if tpl else "no template", "all"),
             ("stop tokens", stops or "none", "all end-of-generation"),
-            ("top-1 agreement", f"{self.agreement:.2%} of {self.positions} positions", need),
+            ("top-1 agreement", f"{self.agreement:.2%} ± {kl.same_top1_uncertainty:.2%} of {self.positions} "
+             "positions" if kl else f"{self.agreement:.2%} of {self.positions} positions",
+             self.rules.get("top-1", "reported only")),
+            ("KL divergence", f"mean {nats(kl.mean)} ± {nats(kl.uncertainty)}, max {kl.maximum:.4g}, "
+             f"99% {kl.p99:.4g}, median {kl.median:.4g}" if kl else "not measured",
+             self.rules.get("kl", "reported only")),
+            *((f"{r['role']} ({r['quantization']})", _reference_result(r), r.get("required", "reported"))
+              for r in self.references),
             ("max |logit diff|", f"{self.max_logit_diff:.4g}", "reported"),
             ("greedy generation", ", ".join(
                 f"{k} {'identical' if v.get('match') else 'differs'} ({len(v.get('gguf_tokens', []))} tokens)"
@@ -88,6 +119,12 @@ class ParityReport:
         lines.append(f"parity: {'PASSED' if self.passed else 'FAILED'} ({self.quantization})")
         lines += [f"  - {f}" for f in self.failures]
         return "\n".join(lines)
+
+
+def _reference_result(ref: dict[str, Any]) -> str:
+    if "kl" not in ref:
+        return ref.get("error", "not measured")
+    return f"top-1 {ref['agreement']:.2%}, KLD {nats(ref['kl']['mean'])} ± {nats(ref['kl']['uncertainty'])}"
 
 
 def _render_hf(tokenizer: Any, messages: list[dict[str, str]], generation: bool) -> str:
@@ -149,9 +186,20 @@ def _greedy(step: Any, prompt: list[int], stops: set[int]) -> list[int]:
     return out
 
 
+def _prompts(tokenizer: Any) -> tuple[list[str], list[list[int]]]:
+    """The plain prompts and the rendered conversations, and their Hugging Face token ids (BOS on plain)."""
+    rendered = [_render_hf(tokenizer, list(c), True) if tokenizer.chat_template else _render_plain(c)
+                for c in CONVERSATIONS]
+    ids = [list(tokenizer(t)["input_ids"]) for t in PLAIN_PROMPTS]
+    ids += [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in rendered]
+    return list(PLAIN_PROMPTS) + rendered, ids
+
+
 def verify_gguf(gguf_path: str | Path, reference_dir: str | Path, quantization: str, *,
-                adapter_path: str | Path | None = None, threads: int | None = None) -> ParityReport:
-    """Compare the GGUF (optionally with a LoRA GGUF on top) with the Hugging Face model in ``reference_dir``."""
+                adapter_path: str | Path | None = None, threads: int | None = None,
+                references: References | None = None) -> ParityReport:
+    """Compare the GGUF (optionally with a LoRA GGUF on top) with the Hugging Face model in ``reference_dir``;
+    a quantized GGUF is also compared with ``references`` (files of the same weights; see module doc)."""
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -159,13 +207,9 @@ def verify_gguf(gguf_path: str | Path, reference_dir: str | Path, quantization: 
     gguf_path, reference_dir = Path(gguf_path), Path(reference_dir)
     adapter = Path(adapter_path) if adapter_path is not None else None
     report = ParityReport(gguf=str(gguf_path), quantization=quantization, reference=str(reference_dir),
-                          adapter=str(adapter) if adapter else None,
-                          threshold=AGREEMENT_THRESHOLDS.get(quantization))
+                          adapter=str(adapter) if adapter else None)
     tokenizer = AutoTokenizer.from_pretrained(reference_dir)
-    rendered = [_render_hf(tokenizer, list(c), True) if tokenizer.chat_template else _render_plain(c)
-                for c in CONVERSATIONS]
-    hf_inputs = [list(tokenizer(t)["input_ids"]) for t in PLAIN_PROMPTS]
-    hf_inputs += [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in rendered]
+    texts, hf_inputs = _prompts(tokenizer)
     n_ctx = max(len(ids) for ids in hf_inputs) + GENERATION_TOKENS + 8
     try:
         llm = _load_llama(gguf_path, adapter, n_ctx, threads)
@@ -175,38 +219,129 @@ def verify_gguf(gguf_path: str | Path, reference_dir: str | Path, quantization: 
         return report
     try:
         _template_checks(llm, tokenizer, report)
-        texts = list(PLAIN_PROMPTS) + rendered
-        for i, (text, expected) in enumerate(zip(texts, hf_inputs, strict=True)):
-            is_chat = i >= len(PLAIN_PROMPTS)
-            got = llm.tokenize(text.encode("utf-8"), add_bos=not is_chat, special=is_chat)
-            match = list(got) == expected
-            report.tokenization.append({"prompt": i, "chat": is_chat, "tokens": len(expected), "match": match,
-                                        **({} if match else {"hf": expected[:64], "gguf": list(got)[:64]})})
-            if not match:
-                report.failures.append(f"token ids differ for {'chat' if is_chat else 'plain'} prompt {i}")
+        _token_checks(llm, texts, hf_inputs, report)
         _check_stops(llm, reference_dir, tokenizer, report)
         model = AutoModelForCausalLM.from_pretrained(reference_dir, dtype=torch.float32).eval()
-        agree = total = 0
-        max_diff = 0.0
-        for ids in hf_inputs:
-            with torch.no_grad():
-                ref = model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
-            llm.reset()
-            llm.eval(ids)
-            got = np.asarray(llm.scores[: len(ids)], dtype=np.float32)
-            agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
-            total += len(ids)
-            max_diff = max(max_diff, float(np.abs(ref - got).max()))
-        report.positions, report.agreement, report.max_logit_diff = total, agree / total, max_diff
-        if report.threshold is not None and report.agreement < report.threshold:
-            report.failures.append(f"top-1 agreement {report.agreement:.2%} is below {report.threshold:.0%}")
+        with torch.no_grad():
+            logits = [model(input_ids=torch.tensor([ids])).logits[0].float().numpy() for ids in hf_inputs]
+        ours = _divergence(llm, hf_inputs, logits)
+        report.kl_uniform = float(np.concatenate([kl_from_uniform(x) for x in logits]).mean())
         stops = set(report_stop_ids(report, tokenizer))
         report.generation = {"chat": _generation(llm, model, tokenizer, hf_inputs[len(PLAIN_PROMPTS)], stops),
                              # fixed length: a tuned model may end a plain text at once, proving nothing
                              "text": _generation(llm, model, tokenizer, hf_inputs[0], set())}
     finally:
         llm.close()
+    measure = _measurer(adapter, n_ctx, threads, hf_inputs, logits)
+    _judge(report, ours, references or References(), measure)
     return report
+
+
+def _token_checks(llm: Any, texts: list[str], hf_inputs: list[list[int]], report: ParityReport) -> None:
+    """(a): llama.cpp's token ids of every prompt equal the Hugging Face tokenizer's."""
+    for i, (text, expected) in enumerate(zip(texts, hf_inputs, strict=True)):
+        is_chat = i >= len(PLAIN_PROMPTS)
+        got = llm.tokenize(text.encode("utf-8"), add_bos=not is_chat, special=is_chat)
+        match = list(got) == expected
+        report.tokenization.append({"prompt": i, "chat": is_chat, "tokens": len(expected), "match": match,
+                                    **({} if match else {"hf": expected[:64], "gguf": list(got)[:64]})})
+        if not match:
+            report.failures.append(f"token ids differ for {'chat' if is_chat else 'plain'} prompt {i}")
+
+
+def _divergence(llm: Any, inputs: list[list[int]], logits: list[Any]) -> Divergence:
+    """(d): llama.cpp's logits at every position of every prompt against PyTorch's."""
+    import numpy as np
+
+    result = Divergence.empty()
+    for ids, reference in zip(inputs, logits, strict=True):
+        llm.reset()
+        llm.eval(ids)
+        result.add(reference, np.asarray(llm.scores[: len(ids)], dtype=np.float32))
+    return result
+
+
+def _measurer(adapter: Path | None, n_ctx: int, threads: int | None, inputs: list[list[int]],
+              logits: list[Any]) -> Any:
+    """``measure(path)``: another GGUF's divergence from PyTorch on the same positions, or the load error."""
+    def measure(path: Path) -> Divergence | str:
+        try:
+            llm = _load_llama(path, adapter, n_ctx, threads)
+        except Exception as exc:  # noqa: BLE001 - reported as the reason the comparison is missing
+            return f"llama.cpp could not load {path.name}: {exc}"
+        try:
+            return _divergence(llm, inputs, logits)
+        finally:
+            llm.close()
+    return measure
+
+
+def _scores(result: Divergence) -> dict[str, Any]:
+    return {"agreement": result.agreement, "max_logit_diff": result.max_logit_diff,
+            "kl": result.stats().to_dict()}
+
+
+def _judge(report: ParityReport, ours: Divergence, refs: References, measure: Any) -> None:
+    """(d)'s verdict, by the rules in the module doc; ``measure(path)`` scores a reference file."""
+    q = report.quantization
+    report.positions, report.agreement, report.max_logit_diff = len(ours.kl), ours.agreement, ours.max_logit_diff
+    report.kl = ours.stats().to_dict()
+    if q in AGREEMENT_THRESHOLDS:
+        report.threshold = AGREEMENT_THRESHOLDS[q]
+        report.rules["top-1"] = f">= {report.threshold:.0%}"
+    else:
+        if refs.full is not None:
+            _judge_full(report, refs.full, refs.full_type, measure(refs.full))
+        if refs.quantized is not None:
+            _judge_against_llama_cpp(report, ours, refs.quantized.name, measure(refs.quantized))
+        ceiling = MAX_KLD_SHARE * report.kl_uniform
+        if report.kl_limit is None or ceiling < report.kl_limit:
+            report.kl_limit = ceiling
+            report.rules["kl"] = (f"<= {nats(ceiling)} (sanity ceiling: {MAX_KLD_SHARE:g} x {nats(report.kl_uniform)}, "
+                                  "what a uniform guess loses)")
+    if report.threshold is not None and report.agreement < report.threshold:
+        report.failures.append(f"top-1 agreement {report.agreement:.2%} is not {report.rules['top-1']}")
+    if report.kl_limit is not None and report.kl["mean"] > report.kl_limit:
+        report.failures.append(f"mean KL divergence {nats(report.kl['mean'])} is not {report.rules['kl']}")
+
+
+def _judge_full(report: ParityReport, path: Path, full_type: str, result: Divergence | str) -> None:
+    """The unquantized file of the same weights must pass the strict check, or the conversion is at fault."""
+    threshold = AGREEMENT_THRESHOLDS[full_type]
+    entry: dict[str, Any] = {"role": "same weights unquantized", "quantization": full_type,
+                             "gguf": path.name, "required": f"top-1 >= {threshold:.0%}"}
+    report.references.append(entry)
+    if isinstance(result, str):
+        entry["error"] = result
+        report.failures.append(result)
+        return
+    entry.update(_scores(result))
+    if result.agreement < threshold:
+        report.failures.append(f"the {full_type} GGUF of the same weights agrees with PyTorch at only "
+                               f"{result.agreement:.2%} of positions (< {threshold:.0%}): the conversion, not "
+                               "the quantization, is at fault")
+
+
+def _judge_against_llama_cpp(report: ParityReport, ours: Divergence, name: str, result: Divergence | str) -> None:
+    """Set the limits from llama.cpp's own file of the same type: ours must be about as close to PyTorch."""
+    q = report.quantization
+    entry: dict[str, Any] = {"role": "llama.cpp's quantizer", "quantization": q, "gguf": name,
+                             "required": "sets the limits"}
+    report.references.append(entry)
+    if isinstance(result, str):
+        entry["error"] = result
+        report.failures.append(result)
+        return
+    entry.update(_scores(result))
+    base_kl = float(result.kl.mean())
+    kl_margin = paired_margin(ours.kl, result.kl)
+    top_margin = max(TOP1_TOLERANCE, paired_margin(ours.same_top1, result.same_top1))
+    report.kl_limit = base_kl * (1 + KL_TOLERANCE) + kl_margin
+    report.threshold = max(0.0, result.agreement - top_margin)
+    report.rules["kl"] = (f"<= {nats(report.kl_limit)} (llama.cpp's {q} of the same weights: {nats(base_kl)} "
+                          f"x {1 + KL_TOLERANCE:g} + {nats(kl_margin)}, two standard errors of the paired difference)")
+    report.rules["top-1"] = (f">= {report.threshold:.2%} (llama.cpp's {q} of the same weights: "
+                             f"{result.agreement:.2%} - {top_margin:.2%})")
 
 
 def report_stop_ids(report: ParityReport, tokenizer: Any) -> list[int]:
@@ -230,20 +365,25 @@ def _check_stops(llm: Any, reference_dir: Path, tokenizer: Any, report: ParityRe
 
 def _generation(llm: Any, model: Any, tokenizer: Any, prompt: list[int], stops: set[int]) -> dict[str, Any]:
     """Greedy continuation of ``prompt`` by both; reported, not a gate (near-ties may flip)."""
+    import inspect
+
     import numpy as np
     import torch
 
     llm.reset()
-    seen: list[int] = []
+    # transformers renamed past_key_values to cache (5.2x); use whichever this version's forward takes
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache: dict[str, Any] = {key: None}
 
     def gguf_step(new: list[int]) -> int:  # llama.cpp keeps its KV cache between calls
         llm.eval(new)
         return int(np.argmax(llm.scores[llm.n_tokens - 1]))
 
-    def hf_step(new: list[int]) -> int:  # no cache: the whole sequence again (short and exact)
-        seen.extend(new)
+    def hf_step(new: list[int]) -> int:  # PyTorch too, as generate() does (a 262k vocabulary makes no-cache slow)
         with torch.no_grad():
-            return int(model(input_ids=torch.tensor([seen])).logits[0, -1].argmax())
+            out = model(input_ids=torch.tensor([new]), use_cache=True, **cache)
+        cache[key] = out[key]
+        return int(out.logits[0, -1].argmax())
 
     gguf_ids = _greedy(gguf_step, prompt, stops)
     hf_ids = _greedy(hf_step, prompt, stops)

@@ -3,13 +3,12 @@ weights, optionally registered with Ollama.
 
 Order of work, so that bad input fails before anything slow runs and nothing half-done is left behind:
 check the arguments and output paths -> merge the adapter into a temporary full-precision folder ->
-write the GGUF (and quantize it) -> parity check -> Modelfile -> Ollama. Temporary folders and
-intermediate files are removed whatever happens; finished files appear only complete.
+write the GGUF (and quantize it) -> parity check (:mod:`.verify`) -> Modelfile -> Ollama. Temporary
+folders and intermediate files are removed whatever happens; finished files appear only complete.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -22,13 +21,15 @@ from ..logs import get_logger
 from .gguf_writer import NUMPY_TYPES, load_config, write_gguf
 from .merge import ExportSource, find_base, local_model_dir, merge_adapter, resolve_source
 from .model_card import write_run_record
-from .outputs import check_output_path, write_text_atomically
+from .outputs import check_output_path
 from .quantize import DEFAULT_QUANTIZATION, LLAMA_CPP_TYPES, normalize_quantization, quantize_gguf
+from .verify import FAILED_MARK, REPORT_NAME, finish_report, full_precision_type, scratch_folder
+
+__all__ = ["FAILED_MARK", "FORMATS", "MODELFILE_NAME", "REPORT_NAME", "ExportResult", "export_model"]
 
 FORMATS: tuple[str, ...] = ("gguf", "gguf-adapter", "merged")
-REPORT_NAME = "export_report.json"
 MODELFILE_NAME = "Modelfile"
-FAILED_MARK = ".parity-failed"
+_finish_report = finish_report  # the name older callers import
 
 
 @dataclass
@@ -93,42 +94,29 @@ def _gguf_target(output: Path | None, default: Path) -> Path:
     return output if output.suffix == ".gguf" else output / default.name
 
 
-def _write_model_gguf(model_dir: Path, target: Path, quantization: str, name: str, notes: list[str]) -> Any:
-    """Write ``target`` directly (numpy types) or through an f16/bf16 intermediate and llama.cpp's quantizer."""
+def _write_model_gguf(model_dir: Path, target: Path, quantization: str, name: str, notes: list[str],
+                      keep: Path | None = None) -> tuple[Any, Path | None]:
+    """Write ``target`` directly (numpy types) or through an f16/bf16 intermediate and llama.cpp's quantizer.
+
+    With ``keep`` (a scratch folder) the intermediate is left there for the parity check and returned."""
     if quantization in NUMPY_TYPES:
         result = write_gguf(model_dir, target, quantization, name=name)
         notes += result.fallbacks
-        return result
-    dtype = str(getattr(load_config(model_dir), "dtype", "") or "")
-    intermediate_type = "bf16" if "bfloat16" in dtype else "f16"
-    intermediate = target.with_name(f".{target.stem}.{intermediate_type}.{uuid.uuid4().hex[:8]}.tmp.gguf")
+        return result, None
+    intermediate_type = full_precision_type(model_dir)
+    intermediate = (keep / f"same-weights-{intermediate_type}.gguf" if keep is not None else
+                    target.with_name(f".{target.stem}.{intermediate_type}.{uuid.uuid4().hex[:8]}.tmp.gguf"))
     try:
         result = write_gguf(model_dir, intermediate, intermediate_type, name=name)
         quantized = quantize_gguf(intermediate, target, quantization)
     finally:
-        intermediate.unlink(missing_ok=True)
+        if keep is None:
+            intermediate.unlink(missing_ok=True)
     notes += quantized.fallbacks
     if quantized.fallbacks:
         get_logger().warning("quantization_fallback", tensors=len(quantized.fallbacks),
                              detail="; ".join(quantized.fallbacks[:3]))
-    return result
-
-
-def _finish_report(report: Any, target: Path, extra: dict[str, Any]) -> Path:
-    """Write export_report.json; on failure rename the GGUF so it cannot be mistaken for a good one."""
-    data = {**report.to_dict(), **extra}
-    if not report.passed:
-        marked = target.with_name(target.stem + FAILED_MARK + target.suffix)
-        target.replace(marked)
-        data["gguf"] = str(marked)
-        data["marked_as"] = str(marked)
-    path = write_text_atomically(target.with_name(REPORT_NAME), json.dumps(data, indent=2, default=str) + "\n")
-    if not report.passed:
-        raise BackpropagateError(
-            "RUNTIME_PARITY_FAILED",
-            f"the exported {report.quantization} GGUF does not behave like the PyTorch model: "
-            f"{'; '.join(report.failures[:3])}. It was kept as {data['marked_as']} with {path}.")
-    return path
+    return result, intermediate if keep is not None else None
 
 
 def export_model(source: str | Path, format: str = "gguf", *, quantization: str = DEFAULT_QUANTIZATION,
@@ -151,21 +139,9 @@ def _export(source: str | Path, format: str, quantization: str, output: str | Pa
                                  f"format={format!r} is invalid: expected one of {', '.join(FORMATS)}.")
     quantization = normalize_quantization(quantization)
     src = resolve_source(source)
-    if ollama:
-        from .ollama import check_model_name
-
-        if fmt == "merged":
-            raise BackpropagateError("INPUT_INVALID_VALUE", "--ollama needs a GGUF format, not merged.")
-        check_model_name(ollama_name or "")
+    _check_request(src, fmt, ollama, ollama_name)
     if fmt == "merged":
         return _export_merged(src, output, base, overwrite, run, trust_remote_code)
-    if src.kind == "adapter" or fmt == "gguf-adapter":
-        from .merge import check_adapter
-
-        if src.kind != "adapter":
-            raise BackpropagateError("INPUT_NOT_A_MODEL_DIR", f"{src.path} is a full model; gguf-adapter "
-                                     "needs a PEFT adapter folder.")
-        check_adapter(src.adapter_config or {}, for_gguf_adapter=fmt == "gguf-adapter")
     target = check_output_path(_gguf_target(output, _default_output(src, fmt, quantization)),
                                overwrite=overwrite, what="output file")
     base_target = target.with_name(f"base-{quantization}.gguf") if fmt == "gguf-adapter" else None
@@ -178,39 +154,64 @@ def _export(source: str | Path, format: str, quantization: str, output: str | Pa
         require_llama_cpp()
     log = get_logger()
     result = ExportResult(format=fmt, path=target, quantization=quantization, base_gguf=base_target)
-    with _scratch(target.parent, "merged") as merged_dir:
+    with _scratch(target.parent, "merged") as merged_dir, scratch_folder(target.parent, "intermediate") as keep:
         if src.kind == "adapter":
             log.info("export_merging", adapter=str(src.path))
             reference = merge_adapter(src.path, merged_dir, base=base, trust_remote_code=trust_remote_code)
         else:
             reference = src.path
-        name = _artifact_name(src.path)
         if fmt == "gguf":
-            written = _write_model_gguf(reference, target, quantization, name, result.notes)
+            weights_dir, name = reference, _artifact_name(src.path)
         else:
+            weights_dir = local_model_dir(find_base(src, base))
+            name = weights_dir.name
+        written, full = _write_model_gguf(weights_dir, base_target or target, quantization, name, result.notes,
+                                          keep if verify else None)
+        if fmt == "gguf-adapter":
             from .adapter_gguf import write_adapter_gguf
 
-            base_dir = local_model_dir(find_base(src, base))
-            written = _write_model_gguf(base_dir, base_target, quantization, base_dir.name, result.notes)
-            write_adapter_gguf(src.path, base_dir, target)
+            write_adapter_gguf(src.path, weights_dir, target)
         log.info("export_written", path=str(target), quantization=quantization)
         stop_tokens = [written.vocab.tokens[i] for i in written.vocab.stop_ids]
         if verify:
-            from .parity import verify_gguf
-
-            model_file, adapter_file = (target, None) if fmt == "gguf" else (base_target, target)
-            report = verify_gguf(model_file, reference, quantization, adapter_path=adapter_file)
-            result.report = report
-            extra = {"format": fmt, "notes": result.notes, "source": str(src.path)}
-            if fmt == "gguf-adapter":
-                extra["base_gguf"] = str(base_target)
-                if not report.passed:
-                    base_target.replace(base_target.with_name(base_target.stem + FAILED_MARK + base_target.suffix))
-            result.report_path = _finish_report(report, target, extra)
+            _verify(result, src.path, reference, weights_dir, full, name)
         _write_sidecars(result, reference, written, stop_tokens, system, num_ctx, run)
     if ollama:
         _register(result, ollama_name or "")
     return result
+
+
+def _check_request(src: ExportSource, fmt: str, ollama: bool, ollama_name: str | None) -> None:
+    """Refuse what cannot work before anything slow runs."""
+    if ollama:
+        from .ollama import check_model_name
+
+        if fmt == "merged":
+            raise BackpropagateError("INPUT_INVALID_VALUE", "--ollama needs a GGUF format, not merged.")
+        check_model_name(ollama_name or "")
+    if fmt != "merged" and (src.kind == "adapter" or fmt == "gguf-adapter"):
+        from .merge import check_adapter
+
+        if src.kind != "adapter":
+            raise BackpropagateError("INPUT_NOT_A_MODEL_DIR", f"{src.path} is a full model; gguf-adapter "
+                                     "needs a PEFT adapter folder.")
+        check_adapter(src.adapter_config or {}, for_gguf_adapter=fmt == "gguf-adapter")
+
+
+def _verify(result: ExportResult, source: Path, reference: Path, weights_dir: Path, full: Path | None,
+            name: str) -> None:
+    """The parity check of the written file(s), export_report.json, and the failure mark (see .verify)."""
+    from .verify import check_gguf
+
+    adapter = result.format == "gguf-adapter"
+    model_file = result.base_gguf if adapter and result.base_gguf is not None else result.path
+    report = check_gguf(model_file, reference, result.quantization or "", weights_dir=weights_dir,
+                        adapter_path=result.path if adapter else None, full=full, name=name)
+    result.report = report
+    extra: dict[str, Any] = {"format": result.format, "notes": result.notes, "source": str(source)}
+    if adapter:
+        extra["base_gguf"] = str(result.base_gguf)
+    result.report_path = finish_report(report, result.path, extra, companion=result.base_gguf)
 
 
 def _write_sidecars(result: ExportResult, model_dir: Path, written: Any, stop_tokens: list[str],
@@ -220,11 +221,14 @@ def _write_sidecars(result: ExportResult, model_dir: Path, written: Any, stop_to
     model_file = result.path if result.format == "gguf" else result.base_gguf
     adapter_file = result.path if result.format == "gguf-adapter" else None
     config = load_config(model_dir)
-    modelfile = build_modelfile(model_file, model_dir, stop_tokens=stop_tokens,
-                                context_length=int(config.max_position_embeddings), adapter_path=adapter_file,
-                                system=system, num_ctx=num_ctx)
-    if modelfile is None:
-        result.notes.append("no Ollama TEMPLATE reproduces this chat template; Modelfile not written")
+    try:
+        modelfile = build_modelfile(model_file, model_dir, stop_tokens=stop_tokens,
+                                    context_length=int(config.max_position_embeddings),
+                                    adapter_path=adapter_file, system=system, num_ctx=num_ctx)
+    except BackpropagateError as exc:
+        if exc.code != "INPUT_TEMPLATE_UNTRANSLATABLE":
+            raise
+        result.notes.append(f"{exc.message}; Modelfile not written")
     else:
         result.modelfile = write_modelfile(modelfile, result.path.with_name(MODELFILE_NAME))
         result.modelfile_spec = modelfile
@@ -236,9 +240,12 @@ def _register(result: ExportResult, name: str) -> None:
     from .ollama import register
 
     if result.modelfile is None:
+        from .ollama_formats import TEMPLATES
+
+        why = next((n for n in result.notes if n.startswith("no Ollama TEMPLATE")), "")
         raise BackpropagateError("INPUT_TEMPLATE_UNTRANSLATABLE",
-                                 "the model's chat template matches none of the verified Ollama templates "
-                                 f"(llama3, qwen2, chatml, phi3, smollm3, mistral); {result.path} was kept.")
+                                 f"the model's chat template matches none of the verified Ollama templates "
+                                 f"({', '.join(TEMPLATES)}); {result.path} was kept. {why}".strip())
     result.ollama_host = register(name, result.modelfile_spec, result.modelfile)
     result.ollama_model = name
 

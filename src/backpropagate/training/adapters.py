@@ -56,9 +56,15 @@ def build_lora(model: Any, lora: LoraSettings, seed: int, *, model_name: str) ->
     """Wrap ``model`` in a LoRA (or DoRA) adapter initialised as ``lora.init_weights`` asks."""
     from peft import LoraConfig, get_peft_model
 
+    from ..presets import resolve_target_modules
+
     init: bool | str = "pissa" if lora.init_weights == "pissa" else True
+    linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    targets = lora.target_modules if isinstance(lora.target_modules, str) else tuple(lora.target_modules)
+    resolved = resolve_target_modules(targets, linears)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=lora.target_modules, bias="none", task_type="CAUSAL_LM",
+                        target_modules=resolved if isinstance(resolved, str) else list(resolved),
+                        bias="none", task_type="CAUSAL_LM",
                         use_dora=lora.use_dora, init_lora_weights=init)
     torch.manual_seed(seed)
     try:
