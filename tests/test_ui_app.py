@@ -132,7 +132,8 @@ def test_form_errors_are_coded_before_anything_runs(ws: Workspace, shared_datase
                    **{**FORM, "learning_rate": "fast"}) == "INPUT_INVALID_VALUE"
     assert code_of(ws.start_training, dataset=rel, steps=5, model=None, **{**FORM, "method": "RLHF"}) \
         == "INPUT_INVALID_VALUE"
-    assert "peak (estimate)" in ws.plan_text(model=None, **FORM)
+    plan = ws.plan_text(model=None, **FORM)
+    assert "peak (estimate)" in plan and "GGUF export: supported" in plan  # the UI says it before training
 
 
 @pytest.mark.slow
