@@ -66,6 +66,8 @@ class TrainingSettings(BaseModel):
     output_dir: Path = Field(Path("./output"), description=_doc("output_dir"))
     train_on_responses: bool = Field(True, description=_doc("train_on_responses"))
     packing: bool = Field(True, description=_doc("packing"))
+    chunked_loss: bool | None = Field(None, description=_doc("chunked_loss"))
+    memory_check: Literal["refuse", "warn", "off"] = Field("refuse", description=_doc("memory_check"))
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description=_doc("warmup_ratio"))
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description=_doc("lr_scheduler"))
     weight_decay: float = Field(0.0, ge=0, description=_doc("weight_decay"))

@@ -130,6 +130,10 @@ _SPECS = [
     ErrorSpec("RUNTIME_FULL_FT_MODEL_TOO_LARGE", "mode='full' was asked for a model above the 4 B class.",
               "Use mode='lora' (or load_in_4bit=True for QLoRA), or a sub-4 B preset: phi-4-mini-3.8b, "
               "smollm3-3b, qwen2.5-3b, llama-3.2-3b, llama-3.2-1b."),
+    ErrorSpec("RUNTIME_WILL_NOT_FIT", "The memory plan of the run's settings does not fit the GPU; nothing was loaded.",
+              "Apply one of the plan's suggestions in the message (load_in_4bit=True, a smaller batch_size or "
+              "lora_r, lora_preset='fast', a shorter max_seq_length), or leave those settings unset so the "
+              "smart defaults fit the card; memory_check='warn' (--memory-check warn) trains anyway."),
     ErrorSpec("RUNTIME_OOM_RECOVERY_EXHAUSTED", "Out of memory even at one row per micro-batch, after 3 retries.",
               "Lower --max-seq-length or the LoRA rank, or use a larger GPU; then `backprop resume <run-id>`.",
               retryable=True),

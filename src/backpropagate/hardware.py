@@ -41,6 +41,7 @@ class HardwareFacts:
     bf16: bool = False
     ram_gb: float | None = None
     os_name: str = os.name
+    bitsandbytes: bool | None = None  # the qlora extra (4-bit, 8-bit optimizers); None: whether it imports here
 
     @classmethod
     def gpu(cls, vram_gb: float, *, bf16: bool = True, name: str = "a CUDA GPU") -> HardwareFacts:

@@ -22,6 +22,13 @@ OPTION_DOCS: dict[str, str] = {
                           "them); False trains on every token.",
     "packing": "Pack several samples into each row without padding; attention never crosses samples. "
                "False puts one sample per row.",
+    "chunked_loss": "Compute the loss a chunk of tokens at a time (at most 1024 tokens and 32 M logits), so "
+                    "the [tokens, vocabulary] fp32 logits never exist whole (same loss and gradients); None "
+                    "(auto) is on. Multi-process "
+                    "runs and unknown architectures use the plain loss.",
+    "memory_check": 'On a GPU, before any weight loads: "refuse" stops a run whose memory plan does not fit '
+                    'the card (RUNTIME_WILL_NOT_FIT, with the plan\'s suggestions), "warn" logs it and trains '
+                    'anyway, "off" skips the check.',
     "warmup_ratio": "Share of the steps spent warming the learning rate up, in [0, 1).",
     "lr_scheduler": "Learning-rate schedule after warm-up: cosine, linear or constant.",
     "weight_decay": "AdamW weight decay (>= 0).",

@@ -12,7 +12,8 @@ in steady state (after the first optimizer step, inside gradient accumulation):
 * activations saved for the backward pass, per layer and token (counted from which tensors autograd
   keeps in a Llama-style block: norms, projections, attention, gated MLP, LoRA dropout copies), or only
   each layer's input plus one recomputed layer under gradient checkpointing;
-* the logits and the fp32 log-softmax the loss keeps (tokens x vocabulary: large for 150k vocabularies);
+* the logits and the fp32 log-softmax the loss keeps (tokens x vocabulary: large for 150k vocabularies),
+  or with the chunked loss only one chunk of them (``training.chunked_loss``);
 * overhead: on a GPU, a fixed allowance for the CUDA context and allocator slack; on the CPU, 75 % of
   the activation and logit memory, because glibc's malloc keeps freed activation blocks in its
   fragmented heap (measured: peak RSS exceeds the live tensors by 25-100 % of that memory;
@@ -143,6 +144,7 @@ class PlanSettings:
     batch_size: int = 1
     seq_len: int = 2048
     device: str = "cuda"
+    chunked_loss: bool = True  # training.chunked_loss: one chunk's logits at a time
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,7 @@ class MemoryPlan:
     suggestions: tuple[Suggestion, ...] = field(default=())
     notes: tuple[str, ...] = field(default=())
     gguf_export: str | None = None  # export.preflight's verdict line, known before training
+    changes: tuple[str, ...] = field(default=())  # what the smart defaults changed to fit the card, and why
 
     @property
     def total_bytes(self) -> int:
@@ -181,7 +184,8 @@ class MemoryPlan:
                                                                        self.components.items()},
                 "total_gb": round(self.total_bytes / GB, 3), "capacity_gb":
                 None if self.capacity_bytes is None else round(self.capacity_bytes / GB, 1),
-                "fits": self.fits, "notes": list(self.notes), "gguf_export": self.gguf_export, "suggestions": [s.__dict__ | {"total_gb": round(s.total_bytes / GB, 2)}
+                "fits": self.fits, "notes": list(self.notes), "gguf_export": self.gguf_export,
+                "changes": list(self.changes), "suggestions": [s.__dict__ | {"total_gb": round(s.total_bytes / GB, 2)}
                                                    for s in self.suggestions]}
 
     def report(self) -> str:
@@ -190,7 +194,9 @@ class MemoryPlan:
                  f"method     {s.method}" + ("" if s.method == "full" else f"  r={s.lora_r} targets="
                                               f"{s.target_modules if isinstance(s.target_modules, str) else ','.join(s.target_modules)}"),
                  f"run        batch {s.batch_size} x {s.seq_len} tokens, {s.precision}, optim {s.optim}, "
-                 f"gradient checkpointing {'on' if s.gradient_checkpointing else 'off'}", ""]
+                 f"gradient checkpointing {'on' if s.gradient_checkpointing else 'off'}"]
+        lines.extend(f"chosen     {change}" for change in self.changes)
+        lines.append("")
         for key, value in self.components.items():
             lines.append(f"  {key:<18} {value / GB:8.2f} GB")
         lines.append(f"  {'peak (estimate)':<18} {self.total_bytes / GB:8.2f} GB")
@@ -252,8 +258,7 @@ def estimate(shape: ModelShape, s: PlanSettings) -> tuple[int, dict[str, int]]:
         activations = shape.num_layers * tokens * shape.hidden_size * dtype_bytes + per_layer
     else:
         activations = shape.num_layers * per_layer
-    # the loss keeps an fp32 log-softmax of the logits; its backward adds the gradient and a temporary
-    logits = tokens * shape.vocab_size * 12
+    logits = _logit_bytes(shape, s, tokens)
     components = {  # every key is a line of the report
         "weights": int(weights),
         "adapter": int(trainable * train_bytes) if not full else 0,
@@ -264,6 +269,17 @@ def estimate(shape: ModelShape, s: PlanSettings) -> tuple[int, dict[str, int]]:
         "overhead": CUDA_OVERHEAD_BYTES if s.device == "cuda" else int(CPU_HEAP_SLACK * (activations + logits)),
     }
     return trainable, components
+
+
+def _logit_bytes(shape: ModelShape, s: PlanSettings, tokens: int) -> int:
+    """The plain loss keeps fp32 logits and their log-softmax, and its backward adds the gradient and a
+    temporary (12 bytes per token and word). The chunked loss holds one chunk's fp32 logits, turned into
+    their gradient in place, plus the softmax's exp temporary (8 bytes per chunk token and word)."""
+    if not s.chunked_loss:
+        return tokens * shape.vocab_size * 12
+    from .training.chunked_loss import chunk_tokens_for
+
+    return min(tokens, chunk_tokens_for(shape.vocab_size)) * shape.vocab_size * 8
 
 
 def _activation_bytes_per_token(shape: ModelShape, s: PlanSettings, targets: list[LinearLayer],

@@ -37,6 +37,8 @@ class Trainer:
         output_dir: str | Path | None = None,
         train_on_responses: bool | None = None,
         packing: bool | None = None,
+        chunked_loss: bool | None = None,
+        memory_check: Literal["refuse", "warn", "off"] | None = None,
         warmup_ratio: float | None = None,
         lr_scheduler: Literal["cosine", "linear", "constant"] | None = None,
         weight_decay: float | None = None,
@@ -77,6 +79,7 @@ class Trainer:
         self._init_adapter_dir: Path | None = None  # PiSSA: the initial adapter, for saving as plain LoRA
         self._load_notes: list[str] = []  # degradations while loading, for the start-up line
         self._sharded = False  # after an FSDP / DeepSpeed run this process holds only its share of the weights
+        self.hardware: Any = None  # a HardwareFacts to decide for instead of probing this machine (what-ifs, tests)
 
     @property
     def output_dir(self) -> Path:
@@ -104,40 +107,35 @@ class Trainer:
         return cls(**{**args, **overrides, "output_dir": new_output_dir or output})
 
     def smart_defaults(self, hardware: Any = None) -> Any:
-        """The values this run uses on ``hardware`` (this machine by default), each with its reason."""
-        from .hardware import probe_hardware
+        """The values this run uses on ``hardware`` (``self.hardware``, else this machine), each with its reason.
+
+        On a GPU they are fitted to the card by the memory plan (``training.fit``): what changed and why
+        is in the table and in ``.changes``.
+        """
         from .training.defaults import decide_defaults
 
-        return decide_defaults(self.settings, hardware or probe_hardware())
+        return decide_defaults(self.settings, hardware or self._hardware())
+
+    def _hardware(self) -> Any:
+        from .hardware import probe_hardware
+
+        return self.hardware or probe_hardware()
 
     def plan(self, *, seq_len: int | None = None, batch_size: int | None = None,
              vram_gb: float | None = None) -> Any:
         """Estimate peak memory of a training step before loading any weight (``backpropagate.plan``).
 
-        ``vram_gb`` plans for a card of that size instead of this machine; ``seq_len`` defaults to
+        It is the plan of what the run will use: the smart defaults fitted to the card, with their changes
+        listed. ``vram_gb`` plans for a card of that size instead of this machine; ``seq_len`` defaults to
         ``max_seq_length`` and ``batch_size`` to the run's (smart-default) batch size.
         """
-        from .hardware import HardwareFacts, probe_hardware
-        from .plan import GB, PlanSettings, make_plan, model_shape
-        from .training.methods import method_name
+        from .hardware import HardwareFacts
+        from .training.defaults import decide_defaults
+        from .training.fit import memory_plan
 
-        facts = HardwareFacts.gpu(vram_gb, name=f"{vram_gb:g} GB card") if vram_gb else probe_hardware()
-        defaults = self.smart_defaults(facts)
-        lora = self.settings.lora
-        targets = lora.target_modules if isinstance(lora.target_modules, str) else tuple(lora.target_modules)
-        settings = PlanSettings(
-            method=method_name(self.settings), lora_r=lora.r, target_modules=targets, lora_dropout=lora.dropout,
-            precision=defaults.precision, optim=defaults.optim, gradient_checkpointing=defaults.gradient_checkpointing,
-            batch_size=batch_size or defaults.batch_size, seq_len=seq_len or self.settings.training.max_seq_length,
-            device=facts.device)
-        if facts.device == "cuda":
-            capacity, label = int(facts.vram_gb * GB), f"on {facts.gpu_name}"
-        elif facts.ram_gb:
-            capacity, label = int(facts.ram_gb * GB), "in this machine's RAM (CPU training)"
-        else:
-            capacity, label = None, "CPU RAM size unknown"
-        shape = model_shape(self.settings.model.name, trust_remote_code=self.settings.model.trust_remote_code)
-        plan = make_plan(shape, settings, capacity_bytes=capacity, capacity_label=label)
+        facts = HardwareFacts.gpu(vram_gb, name=f"{vram_gb:g} GB card") if vram_gb else self._hardware()
+        defaults = decide_defaults(self.settings, facts, seq_len=seq_len, batch_size=batch_size)
+        plan = memory_plan(self.settings, defaults, seq_len=seq_len)
         return replace(plan, gguf_export=self.gguf_support().line())
 
     def _log_gguf_support(self, log: Any) -> None:
@@ -159,7 +157,7 @@ class Trainer:
 
         if self.model is not None:
             return
-        loaded = load_for_training(self.settings, defaults or self.smart_defaults())
+        loaded = load_for_training(self.settings, defaults or self.smart_defaults())  # applies the fitted values
         self.model, self.tokenizer, self.backend = loaded.model, loaded.tokenizer, loaded.backend
         self._init_adapter_dir = loaded.init_adapter_dir
         self._load_notes = loaded.notes
@@ -241,8 +239,7 @@ class Trainer:
         defaults = self.smart_defaults()
         log.info("smart_defaults\n" + defaults.table())
         self._log_gguf_support(log)
-        if defaults.device == "cuda":
-            self._warn_if_too_big(log)
+        self._check_memory(defaults, log)
         loaded = load_examples(data, require_assistant=defaults.train_on_responses, format=format,
                                text_column=text_column)
         log.info("dataset_loaded", format=loaded.report.name, rows=loaded.report.total_rows,
@@ -330,7 +327,8 @@ class Trainer:
             steps=steps, batch_size=defaults.batch_size, gradient_accumulation=defaults.gradient_accumulation,
             learning_rate=defaults.learning_rate, max_seq_length=cfg.max_seq_length, packing=cfg.packing,
             warmup_ratio=cfg.warmup_ratio, lr_scheduler=cfg.lr_scheduler, weight_decay=cfg.weight_decay,
-            max_grad_norm=cfg.max_grad_norm, seed=seed, shuffle=shuffle, optim=defaults.optim)
+            max_grad_norm=cfg.max_grad_norm, seed=seed, shuffle=shuffle, optim=defaults.optim,
+            chunked_loss=cfg.chunked_loss is not False)
 
     def multi_run(self, dataset: Any = None, *, num_runs: int | None = None, steps_per_run: int | None = None,
                   samples_per_run: int | None = None, merge_mode: str | None = None,
@@ -370,12 +368,19 @@ class Trainer:
     def _save_folder_name(self) -> str:
         return "model" if self.settings.training.mode == "full" else "lora"
 
-    def _warn_if_too_big(self, log: Any) -> None:
-        """On a GPU, say before loading weights when the memory plan does not fit the card."""
+    def _check_memory(self, defaults: Any, log: Any) -> None:
+        """On a GPU, before loading weights: refuse (or, with memory_check="warn", say) a plan that does not fit."""
+        from .training.fit import check_fit, memory_plan
+
+        for warning in defaults.warnings:
+            log.warning("smart_defaults_lowered_lora", change=warning)
+        if defaults.device != "cuda" or self.settings.training.memory_check == "off":
+            return
         try:
-            plan = self.plan()
+            plan = memory_plan(self.settings, defaults)
         except BackpropagateError:  # no config reachable yet: loading will report the real problem
             return
+        check_fit(plan, self.settings)
         if plan.fits is False:
             tips = "; ".join(s.change for s in plan.suggestions)
             log.warning("memory_plan_exceeds_card", estimate_gb=round(plan.total_bytes / 2**30, 1),

@@ -12,7 +12,8 @@ from . import app
 def plan(
     model: str = typer.Option(None, "--model", "-m", help=DOC["model"] + " A preset name (`backprop info "
                               "--presets`) or a local folder works offline [default: Qwen/Qwen2.5-7B-Instruct]."),
-    method: str = typer.Option("lora", "--method", help="lora, qlora, dora or full."),
+    method: str = typer.Option(None, "--method", help="lora (16-bit base), qlora, dora or full [default: what "
+                               "the smart defaults choose for the card: LoRA, or QLoRA when 16-bit does not fit]."),
     seq_len: int = typer.Option(None, "--seq-len", help="Tokens per row [default: max_seq_length, 2048]."),
     batch_size: int = typer.Option(None, "--batch-size", help="Rows per micro-batch [default: the smart default "
                                    "for the card]."),
@@ -24,7 +25,7 @@ def plan(
     gradient_checkpointing: str = typer.Option(None, help="on, off or auto [default: auto]."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Estimate peak memory of a training step and whether it fits; suggest settings that would."""
+    """Estimate peak memory of the step the run will use (smart defaults fitted to the card) and whether it fits."""
     import json
 
     from ..trainer import Trainer
@@ -32,6 +33,7 @@ def plan(
     from .train import _on_off_auto
 
     trainer = Trainer(model, lora_preset=lora_preset, lora_r=lora_r, target_modules=target_modules, optim=optim,
-                      gradient_checkpointing=_on_off_auto(gradient_checkpointing), **method_arguments(method))
+                      gradient_checkpointing=_on_off_auto(gradient_checkpointing),
+                      **(method_arguments(method) if method else {}))
     result = trainer.plan(seq_len=seq_len, batch_size=batch_size, vram_gb=vram)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.report())

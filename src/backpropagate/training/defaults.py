@@ -2,8 +2,9 @@
 
 ``decide_defaults`` turns the resolved settings plus the hardware facts into the values a run uses
 (batch size, accumulation, precision, optimizer, learning rate, gradient checkpointing,
-train_on_responses) and records *why* each was chosen, so the start-up log can print a small table.
-It imports nothing heavy, so the memory plan and tests can call it for a hypothetical card.
+train_on_responses, and on a GPU the 4-bit base and LoRA shape that make the memory plan fit the card)
+and records *why* each was chosen, so the start-up log can print a small table. Tests and the plan call
+it for a hypothetical card.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from ..config import TRAINER_ARGS, Settings
 from ..hardware import HardwareFacts, auto_batch_size
 from ..presets import LORA_PRESETS
+from .fit import SAFETY_MARGIN, Fit, Knobs, fit_to_card
 
 ROWS_PER_STEP_GPU = 16  # batch_size x gradient_accumulation kept on GPUs when the batch size is "auto"
 LARGE_GPU_GB = 24
@@ -43,6 +45,13 @@ class RunDefaults:
     train_on_responses: bool
     gradient_checkpointing: bool
     choices: tuple[Choice, ...]
+    load_in_4bit: bool = False
+    lora_r: int = 0
+    lora_alpha: float = 0.0
+    target_modules: str | tuple[str, ...] = "all-linear"
+    hardware: HardwareFacts | None = None
+    changes: tuple[str, ...] = ()  # "setting=value: why", each change the memory fitting made
+    warnings: tuple[str, ...] = ()  # said loudly at start-up (the LoRA rank was lowered)
 
     @property
     def torch_dtype(self) -> Any:
@@ -56,6 +65,16 @@ class RunDefaults:
         w0 = max(len(r[0]) for r in rows)
         w1 = max(len(r[1]) for r in rows)
         return "\n".join(f"  {a.ljust(w0)}  {b.ljust(w1)}  {c}" for a, b, c in rows)
+
+    def apply(self, settings: Settings) -> Settings:
+        """A copy of ``settings`` with what these defaults decided for the load (4-bit base, LoRA shape)."""
+        out = settings.model_copy(deep=True)
+        out.model.load_in_4bit = self.load_in_4bit
+        if self.lora_r:
+            out.lora.r, out.lora.alpha = self.lora_r, self.lora_alpha
+            out.lora.target_modules = (self.target_modules if isinstance(self.target_modules, str)
+                                       else list(self.target_modules))
+        return out
 
 
 def _given(settings: Settings, arg: str) -> str | None:
@@ -75,85 +94,159 @@ def _bnb_installed() -> bool:
     return find_spec("bitsandbytes") is not None
 
 
-def decide_defaults(settings: Settings, facts: HardwareFacts) -> RunDefaults:
-    """Resolve every "auto"/unset value for ``facts`` (this machine, or a card given to the plan)."""
-    cfg, lora = settings.training, settings.lora
+def decide_defaults(settings: Settings, facts: HardwareFacts, *, seq_len: int | None = None,
+                    batch_size: int | None = None) -> RunDefaults:
+    """Resolve every "auto"/unset value for ``facts`` (this machine, or a card given to the plan).
+
+    On a GPU the memory-relevant values the user left unset are then fitted to the card
+    (``training.fit``); ``seq_len`` and ``batch_size`` plan for other values than the settings'.
+    """
+    cfg = settings.training
     gpu = facts.device == "cuda"
-    choices: list[Choice] = []
-
+    precision, precision_why = _decide_precision(settings, facts)
+    batch, batch_why = _decide_batch(settings, facts, batch_size)
+    optim, optim_why = _decide_optim(settings, facts)
+    checkpointing, checkpointing_why = _decide_checkpointing(settings, gpu)
+    lora = settings.lora
+    targets = lora.target_modules if isinstance(lora.target_modules, str) else tuple(lora.target_modules)
+    knobs = Knobs(settings.model.load_in_4bit, batch, optim, lora.r, lora.alpha, targets)
+    fit, memory = (None, Choice("memory", "not fitted", "CPU: RAM is the limit and the OS swaps rather than "
+                                "failing; trainer.plan() compares the plan with the RAM"))
     if gpu:
-        choices.append(Choice("device", f"cuda ({facts.gpu_name}, {facts.vram_gb:.1f} GB)", "CUDA is available"))
-    else:
-        choices.append(Choice("device", "cpu", "no CUDA GPU found"))
+        fit, memory = _fit(settings, facts, knobs, precision, checkpointing, batch_free=cfg.batch_size == "auto"
+                           and batch_size is None, seq_len=seq_len)
+    knobs = fit.knobs if fit is not None else knobs
+    why = fit.changes if fit is not None else {}
+    accumulation, accumulation_why = _decide_accumulation(settings, gpu, knobs.batch_size)
+    responses, responses_why = _decide_responses(settings, facts)
+    device = (f"cuda ({facts.gpu_name}, {facts.vram_gb:.1f} GB)", "CUDA is available") if gpu else (
+        "cpu", "no CUDA GPU found")
+    if knobs.load_in_4bit:
+        precision_why += "; base weights in 4-bit NF4 (load_in_4bit)"
+    choices = [
+        Choice("device", *device), Choice("precision", precision, precision_why),
+        Choice("load_in_4bit", str(knobs.load_in_4bit), _four_bit_why(settings, why, fit)),
+        Choice("batch_size", str(knobs.batch_size), batch_why + (f"; {why['batch_size']}" if "batch_size" in why
+                                                                  else "")),
+        Choice("gradient_accumulation", str(accumulation), accumulation_why),
+        Choice("method", _method_line(settings, knobs), why.get("lora") or _method_why(settings)),
+        Choice("learning_rate", f"{cfg.learning_rate:g}", _lr_why(settings)),
+        Choice("optim", knobs.optim, why.get("optim", optim_why)),
+        Choice("gradient_checkpointing", "on" if checkpointing else "off", checkpointing_why),
+        Choice("train_on_responses", str(responses), responses_why), memory]
+    changes = tuple(f"{k}={_changed_value(k, knobs)}: {v}" for k, v in why.items())
+    return RunDefaults(device=facts.device, precision=precision, batch_size=knobs.batch_size,
+                       gradient_accumulation=accumulation, learning_rate=cfg.learning_rate, optim=knobs.optim,
+                       train_on_responses=responses, gradient_checkpointing=checkpointing, choices=tuple(choices),
+                       load_in_4bit=knobs.load_in_4bit, lora_r=knobs.lora_r, lora_alpha=knobs.lora_alpha,
+                       target_modules=knobs.target_modules, hardware=facts, changes=changes,
+                       warnings=tuple(c for c in changes if c.startswith("lora=")))
 
-    if gpu:
-        precision, why = ("bf16", "the GPU supports bfloat16") if facts.bf16 else (
-            "fp16", "the GPU has no bfloat16 support")
-    else:
-        precision, why = "fp32", "CPU: half precision is slow and inexact there"
-    if settings.model.load_in_4bit:
-        why += "; base weights in 4-bit NF4 (load_in_4bit)"
-    choices.append(Choice("precision", precision, why))
 
-    if cfg.batch_size == "auto":
-        batch_size = auto_batch_size(facts.vram_gb if gpu else None)
-        why = (f"auto: {facts.vram_gb:.0f} GB card (4 for >= 24 GB, 2 for >= 16 GB, 1 below)" if gpu
-               else "auto: the CPU value")
-    else:
-        batch_size, why = cfg.batch_size, _given(settings, "batch_size") or "set"
-    choices.append(Choice("batch_size", str(batch_size), why))
+def _fit(settings: Settings, facts: HardwareFacts, knobs: Knobs, precision: str, checkpointing: bool, *,
+         batch_free: bool, seq_len: int | None) -> tuple[Fit | None, Choice]:
+    """Fit ``knobs`` to the card by the memory plan; without a readable model config, leave them."""
+    from ..errors import BackpropagateError
+    from ..plan import GB, model_shape
 
-    accumulation = cfg.gradient_accumulation
-    why = _given(settings, "gradient_accumulation") or "default"
-    if why == "default" and cfg.batch_size == "auto" and gpu:
-        accumulation = max(1, ROWS_PER_STEP_GPU // batch_size)
-        why = f"auto: keeps {ROWS_PER_STEP_GPU} rows per optimizer step at batch {batch_size}"
-    choices.append(Choice("gradient_accumulation", str(accumulation), why))
+    try:
+        shape = model_shape(settings.model.name, trust_remote_code=settings.model.trust_remote_code)
+    except BackpropagateError as exc:
+        return None, Choice("memory", "not planned", f"the model's config is not readable ({exc.code}); "
+                                                     "the values are not fitted to the card")
+    bnb = facts.bitsandbytes if facts.bitsandbytes is not None else _bnb_installed()
+    fit = fit_to_card(settings, shape, knobs, int(facts.vram_gb * GB), precision=precision,
+                      checkpointing=checkpointing, batch_free=batch_free, bitsandbytes=bnb, seq_len=seq_len)
+    value = f"{fit.peak_bytes / GB:.1f} GB of {facts.vram_gb:g} GB"
+    why = {"fits": f"memory plan of these values; leaves the {SAFETY_MARGIN:.0%} safety margin free",
+           "tight": f"fits the card but not its {SAFETY_MARGIN:.0%} safety margin",
+           "does not fit": "does NOT fit even so: the run refuses (RUNTIME_WILL_NOT_FIT) unless "
+                           "memory_check='warn'; see trainer.plan() for what would fit"}[fit.verdict]
+    return fit, Choice("memory", value, why)
 
+
+def _changed_value(key: str, knobs: Knobs) -> str:
+    if key == "lora":
+        targets = knobs.target_modules if isinstance(knobs.target_modules, str) else ",".join(knobs.target_modules)
+        return f"r{knobs.lora_r}/{targets}"
+    return str(getattr(knobs, key))
+
+
+def _four_bit_why(settings: Settings, why: dict[str, str], fit: Fit | None) -> str:
+    if "load_in_4bit" in why:
+        return "auto: " + why["load_in_4bit"]
+    if given_why := _given(settings, "load_in_4bit"):
+        return given_why
+    return "default: the 16-bit base fits the card" if fit is not None else "default"
+
+
+def _decide_precision(settings: Settings, facts: HardwareFacts) -> tuple[str, str]:
+    if facts.device != "cuda":
+        return "fp32", "CPU: half precision is slow and inexact there"
+    return ("bf16", "the GPU supports bfloat16") if facts.bf16 else ("fp16", "the GPU has no bfloat16 support")
+
+
+def _decide_batch(settings: Settings, facts: HardwareFacts, override: int | None) -> tuple[int, str]:
+    if override is not None:
+        return override, "set for this plan"
+    if settings.training.batch_size != "auto":
+        return settings.training.batch_size, _given(settings, "batch_size") or "set"
+    if facts.device != "cuda":
+        return auto_batch_size(None), "auto: the CPU value"
+    return (auto_batch_size(facts.vram_gb),
+            f"auto: {facts.vram_gb:.0f} GB card (4 for >= 24 GB, 2 for >= 16 GB, 1 below)")
+
+
+def _decide_accumulation(settings: Settings, gpu: bool, batch_size: int) -> tuple[int, str]:
+    why = _given(settings, "gradient_accumulation")
+    if why:
+        return settings.training.gradient_accumulation, why
+    if settings.training.batch_size == "auto" and gpu:
+        return (max(1, ROWS_PER_STEP_GPU // batch_size),
+                f"auto: keeps {ROWS_PER_STEP_GPU} rows per optimizer step at batch {batch_size}")
+    return settings.training.gradient_accumulation, "default"
+
+
+def _method_line(settings: Settings, knobs: Knobs) -> str:
     if settings.training.mode == "full":
-        method = "full fine-tuning (every weight trains)"
-        why = _given(settings, "mode") or "mode"
-    else:
-        kind = "QLoRA" if settings.model.load_in_4bit else "LoRA"
-        if lora.use_dora:
-            kind = "QDoRA" if settings.model.load_in_4bit else "DoRA"
-        targets = lora.target_modules if isinstance(lora.target_modules, str) else ",".join(lora.target_modules)
-        method = f"{kind} r={lora.r} alpha={lora.alpha:g} targets={targets} init={lora.init_weights}"
-        why = f"lora_preset={lora.preset}" + "".join(
-            f"; {arg} {_given(settings, arg)}" for arg in ("lora_r", "lora_alpha", "target_modules")
-            if _given(settings, arg))
-    choices.append(Choice("method", method, why))
+        return "full fine-tuning (every weight trains)"
+    kind = "QLoRA" if knobs.load_in_4bit else "LoRA"
+    if settings.lora.use_dora:
+        kind = "QDoRA" if knobs.load_in_4bit else "DoRA"
+    targets = knobs.target_modules if isinstance(knobs.target_modules, str) else ",".join(knobs.target_modules)
+    return f"{kind} r={knobs.lora_r} alpha={knobs.lora_alpha:g} targets={targets} init={settings.lora.init_weights}"
 
-    source = settings.source("learning_rate")
-    if source.startswith("preset"):
-        preset = LORA_PRESETS[lora.preset]
-        why = f"lora_preset={preset.name}: 2e-4 x {preset.lr_multiplier:g}"
-    else:
-        why = _given(settings, "learning_rate") or "default (mode=full: no LoRA factor)"
-    choices.append(Choice("learning_rate", f"{cfg.learning_rate:g}", why))
 
-    optim, why = _decide_optim(settings, facts)
-    choices.append(Choice("optim", optim, why))
+def _method_why(settings: Settings) -> str:
+    if settings.training.mode == "full":
+        return _given(settings, "mode") or "mode"
+    return f"lora_preset={settings.lora.preset}" + "".join(
+        f"; {arg} {_given(settings, arg)}" for arg in ("lora_r", "lora_alpha", "target_modules")
+        if _given(settings, arg))
 
-    if cfg.gradient_checkpointing == "auto":
-        checkpointing = gpu
-        why = "auto: on for GPUs (memory bound)" if gpu else "auto: off on the CPU (RAM is ample, recompute is slow)"
-    else:
-        checkpointing = bool(cfg.gradient_checkpointing)
-        why = _given(settings, "gradient_checkpointing") or "set"
-    choices.append(Choice("gradient_checkpointing", "on" if checkpointing else "off", why))
 
-    responses = cfg.train_on_responses
-    why = _given(settings, "train_on_responses") or "default"
-    if why == "default" and facts.os_name == "nt":
-        responses = False
-        why = "auto-off on Windows (os.name == 'nt'); pass train_on_responses=True to keep it"
-    choices.append(Choice("train_on_responses", str(responses), why))
+def _lr_why(settings: Settings) -> str:
+    if settings.source("learning_rate").startswith("preset"):
+        preset = LORA_PRESETS[settings.lora.preset]
+        return f"lora_preset={preset.name}: 2e-4 x {preset.lr_multiplier:g}"
+    return _given(settings, "learning_rate") or "default (mode=full: no LoRA factor)"
 
-    return RunDefaults(device=facts.device, precision=precision, batch_size=batch_size,
-                       gradient_accumulation=accumulation, learning_rate=cfg.learning_rate, optim=optim,
-                       train_on_responses=responses, gradient_checkpointing=checkpointing,
-                       choices=tuple(choices))
+
+def _decide_checkpointing(settings: Settings, gpu: bool) -> tuple[bool, str]:
+    if settings.training.gradient_checkpointing != "auto":
+        return bool(settings.training.gradient_checkpointing), _given(settings, "gradient_checkpointing") or "set"
+    if gpu:
+        return True, "auto: on for GPUs (memory bound)"
+    return False, "auto: off on the CPU (RAM is ample, recompute is slow)"
+
+
+def _decide_responses(settings: Settings, facts: HardwareFacts) -> tuple[bool, str]:
+    why = _given(settings, "train_on_responses")
+    if why:
+        return settings.training.train_on_responses, why
+    if facts.os_name == "nt":
+        return False, "auto-off on Windows (os.name == 'nt'); pass train_on_responses=True to keep it"
+    return settings.training.train_on_responses, "default"
 
 
 def _decide_optim(settings: Settings, facts: HardwareFacts) -> tuple[str, str]:
@@ -163,7 +256,7 @@ def _decide_optim(settings: Settings, facts: HardwareFacts) -> tuple[str, str]:
         return "adamw_torch", "auto: CPU"
     if facts.vram_gb is not None and facts.vram_gb >= LARGE_GPU_GB:
         return "adamw_torch_fused", f"auto: >= {LARGE_GPU_GB} GB card"
-    if not _bnb_installed():
+    if not (facts.bitsandbytes if facts.bitsandbytes is not None else _bnb_installed()):
         return "adamw_torch_fused", f"auto: < {LARGE_GPU_GB} GB card, but bitsandbytes (qlora extra) is missing"
     return "paged_adamw_8bit", f"auto: < {LARGE_GPU_GB} GB card (8-bit states, paged to CPU RAM under pressure)"
 

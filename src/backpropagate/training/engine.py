@@ -41,6 +41,7 @@ class LoopConfig:
     seed: int = 42
     shuffle: bool = True  # False keeps the sample order (curriculum), as far as packing allows
     optim: str = "adamw_torch"  # a transformers optimizer name (training.optimizers)
+    chunked_loss: bool = True  # logits a chunk at a time (training.chunked_loss); one-process runs only
 
 
 class DataStream:
@@ -136,6 +137,7 @@ class LoopState:
     parallel: Any = None  # training.parallel.Parallel of a multi-process run
     forward_model: Any = None  # what is called: ``model`` (also when FSDP-sharded), DDP or DeepSpeed around it
     engine_state: Any = None  # a restored DeepSpeed optimizer partition, until its engine exists
+    chunked_loss: bool = False  # LoopConfig.chunked_loss
 
 
 FaultHook = Callable[[str, int, Any], None]
@@ -182,7 +184,7 @@ def train_loop(model: torch.nn.Module, samples: Sequence[TokenizedSample], cfg: 
     state = LoopState(model=model, optimizer=optimizer, scheduler=scheduler, stream=stream,
                       result=LoopResult(truncated=stream.truncated), batch_size=cfg.batch_size,
                       gradient_accumulation=cfg.gradient_accumulation, steps_total=cfg.steps,
-                      parallel=parallel, forward_model=forward_model)
+                      parallel=parallel, forward_model=forward_model, chunked_loss=cfg.chunked_loss)
     if hooks.restore is not None:
         hooks.restore(state)  # weights, optimizer, schedule, data position and RNG of a checkpoint
     if engine_later:
@@ -245,13 +247,16 @@ def _accumulate(state: LoopState, step: int, pad_token_id: int, callback: Traini
         n_targets = int(parallel.all_sum(n_targets))
         scale = float(parallel.world_size)
     loss_total = 0.0
+    # A wrapped model (DDP, FSDP, DeepSpeed) must be called whole, or its hooks miss the forward.
+    chunked = state.chunked_loss and parallel is None
     last = len(micro_batches) - 1
     for index, rows in enumerate(micro_batches):
         if fault is not None:
             fault("micro_batch", step, index)
         sync = parallel is None or index == last
         with parallel.no_sync(state.forward_model, sync) if parallel is not None else contextlib.nullcontext():
-            loss_sum, _ = forward_packed(state.forward_model, collate(rows, pad_token_id))
+            loss_sum, _ = forward_packed(state.forward_model, collate(rows, pad_token_id),
+                                         chunked_loss=chunked)
             if parallel is not None and parallel.steps_inside:  # the engine counts every micro-batch
                 parallel.backward(state.forward_model, loss_sum * (scale / n_targets if n_targets else 0.0))
             elif n_targets:

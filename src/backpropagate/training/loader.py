@@ -61,13 +61,17 @@ def try_unsloth(settings: Settings, defaults: RunDefaults) -> tuple[LoadedModel 
 
 
 def load_for_training(settings: Settings, defaults: RunDefaults) -> LoadedModel:
-    """Tokenizer + model ready to train, as the settings and the smart defaults ask."""
+    """Tokenizer + model ready to train, as the settings and the smart defaults ask.
+
+    The smart defaults' fitted values (a 4-bit base, a lowered LoRA rank) are applied here, once.
+    """
     import torch
 
     from ..plan import check_full_finetune_size
     from .adapters import build_full, build_lora, enable_gradient_checkpointing
     from .model import load_model, load_tokenizer
 
+    settings = defaults.apply(settings)
     check_method(settings)
     check_dependencies(settings, defaults.optim)
     full = settings.training.mode == "full"

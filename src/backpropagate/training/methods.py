@@ -87,7 +87,7 @@ METHODS = ("lora", "qlora", "dora", "full")
 
 def method_arguments(method: str) -> dict[str, object]:
     """Trainer arguments for a method name of ``backprop plan --method``."""
-    table: dict[str, dict[str, object]] = {"lora": {}, "qlora": {"load_in_4bit": True}, "dora": {"use_dora": True},
+    table: dict[str, dict[str, object]] = {"lora": {"load_in_4bit": False}, "qlora": {"load_in_4bit": True}, "dora": {"use_dora": True},
                                            "full": {"mode": "full"}}
     if method not in table:
         raise invalid_value("method", method, "one of " + ", ".join(METHODS))
