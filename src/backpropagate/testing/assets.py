@@ -219,9 +219,11 @@ def fetch_all() -> list[str]:
             unpacked(filename, "vendor/llama.cpp/models/" if filename == LLAMA_CPP_SDIST else "")
         except AssetUnavailable as exc:
             missing.append(str(exc))
-    if not any("gemma3_270m" in m for m in missing):
+    try:
         gemma3_270m_gguf()
-    return missing
+    except AssetUnavailable as exc:
+        missing.append(str(exc))
+    return list(dict.fromkeys(missing))  # a missing part is named once
 
 
 if __name__ == "__main__":  # python -m backpropagate.testing.assets
