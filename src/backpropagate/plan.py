@@ -36,7 +36,9 @@ GB = 1024**3
 FULL_FT_MAX_PARAMS = 4_500_000_000  # the "4 B class": Qwen-3.5-4B counts 4.2 B, the 7 B presets 7.2-7.6 B
 NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 blocks
 CUDA_OVERHEAD_BYTES = int(0.75 * GB)  # CUDA context, cuBLAS workspace, allocator slack
-CPU_HEAP_SLACK = 0.75  # share of activation + logit memory glibc's heap holds on to (measured 0.25-1.0)
+# Share of activation memory glibc's heap holds on to (measured 0.25-1.0). Logit buffers are above its
+# mmap threshold (32 MB), go back to the system when freed, and carry none.
+CPU_HEAP_SLACK = 0.75
 # Optimizer state bytes per trainable parameter, by transformers optimizer name (element size = dtype size).
 _OUTPUT_PROJ = {"o_proj", "out_proj", "down_proj", "dense", "wo", "c_proj"}
 _STATE_ELEMENTS = {"sgd": 0, "adafactor": 0, "adagrad": 1, "rmsprop": 1, "lion": 1, "ademamix": 3}
@@ -266,17 +268,18 @@ def estimate(shape: ModelShape, s: PlanSettings) -> tuple[int, dict[str, int]]:
         "optimizer": int(trainable * state_bytes),
         "activations": int(activations),
         "logits": int(logits),
-        "overhead": CUDA_OVERHEAD_BYTES if s.device == "cuda" else int(CPU_HEAP_SLACK * (activations + logits)),
+        "overhead": CUDA_OVERHEAD_BYTES if s.device == "cuda" else int(CPU_HEAP_SLACK * activations),
     }
     return trainable, components
 
 
 def _logit_bytes(shape: ModelShape, s: PlanSettings, tokens: int) -> int:
-    """The plain loss keeps fp32 logits and their log-softmax, and its backward adds the gradient and a
-    temporary (12 bytes per token and word). The chunked loss holds one chunk's fp32 logits, turned into
-    their gradient in place, plus the softmax's exp temporary (8 bytes per chunk token and word)."""
+    """The plain loss of a 16-bit model keeps an fp32 copy of the logits and their log-softmax, and its
+    backward adds the gradient (12 bytes per token and word); an fp32 model's logits are their own fp32
+    copy (8, measured). The chunked loss holds one chunk's fp32 logits, turned into their gradient in
+    place, plus the log-sum-exp temporary (8 bytes per chunk token and word)."""
     if not s.chunked_loss:
-        return tokens * shape.vocab_size * 12
+        return tokens * shape.vocab_size * (8 if s.precision == "fp32" else 12)
     from .training.chunked_loss import chunk_tokens_for
 
     return min(tokens, chunk_tokens_for(shape.vocab_size)) * shape.vocab_size * 8

@@ -3,9 +3,11 @@
 The plain loss asks the model for logits at every position, casts them to fp32 and takes the
 cross-entropy: for a 151k vocabulary that is 0.6 MB per token, more than everything else a LoRA step
 keeps. Here the decoder runs without its head, only label-bearing positions are kept, and the head,
-the model's logit transform and the cross-entropy run on ``LOSS_CHUNK_TOKENS`` tokens at a time under
-non-reentrant checkpointing: each chunk's logits are freed after its forward and recomputed, one chunk
-at a time, in the backward pass. Loss and gradients are those of the plain path.
+the model's logit transform and the cross-entropy run on at most ``LOSS_CHUNK_TOKENS`` tokens at a
+time. A plain linear head works each chunk's gradients out during the forward pass, so its logits are
+freed at once and never recomputed; any other head (a trained, LoRA-wrapped one) runs each chunk under
+non-reentrant checkpointing and recomputes it in the backward pass. Loss and gradients are those of
+the plain path.
 
 It is used only for architectures whose head is known to be ``lm_head(final hidden state)`` followed by
 at most a softcap or a scale; anything else keeps the plain path.
@@ -110,33 +112,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 targets: torch.Tensor, parts: LossHead, chunk: int) -> torch.Tensor:
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_h = torch.zeros_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
-        grad_b = torch.zeros_like(bias) if need_b else None
+        grads = (torch.zeros_like(hidden) if need_h else None, torch.zeros_like(weight) if need_w else None,
+                 torch.zeros_like(bias) if need_b and bias is not None else None)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
-            h, t = hidden[start:start + chunk], targets[start:start + chunk]
-            logits = parts.transform(torch.nn.functional.linear(h, weight, bias))
-            slope = None if parts.softcap is None else 1 - (logits.float() / parts.softcap) ** 2
-            logits = logits.float()
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            if not (need_h or need_w or need_b):
-                continue
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-            grad[torch.arange(t.shape[0], device=t.device), t] -= 1
-            if slope is not None:
-                grad.mul_(slope)
-            if parts.scale != 1.0:
-                grad.mul_(parts.scale)
-            grad = grad.to(weight.dtype)
-            if need_h:
-                grad_h[start:start + chunk] = grad @ weight
-            if need_w:
-                grad_w.addmm_(grad.t(), h)
-            if need_b:
-                grad_b += grad.sum(0)
-        ctx.save_for_backward(*(g for g in (grad_h, grad_w, grad_b) if g is not None))
+            total += _chunk_forward(parts, hidden, weight, bias, targets, start, chunk, grads)
+        ctx.save_for_backward(*(g for g in grads if g is not None))
         ctx.present = (need_h, need_w, need_b)
         return total
 
@@ -146,6 +127,38 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grads = [(lambda g: g * grad_out.to(g.dtype))(next(saved)) if present else None
                  for present in ctx.present]
         return (*grads, None, None, None)
+
+
+def _chunk_forward(parts: LossHead, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   targets: torch.Tensor, start: int, chunk: int,
+                   grads: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+    """One chunk's summed loss; its gradients are added into ``grads`` (hidden, weight, bias) in place.
+
+    A function of its own so the chunk's logits are freed on return, before the next chunk's exist.
+    """
+    grad_h, grad_w, grad_b = grads
+    h, t = hidden[start:start + chunk], targets[start:start + chunk]
+    logits = parts.transform(torch.nn.functional.linear(h, weight, bias))
+    slope = None if parts.softcap is None else 1 - (logits.float() / parts.softcap) ** 2
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)
+    loss = (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+    if grad_h is None and grad_w is None and grad_b is None:
+        return loss
+    grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+    grad[torch.arange(t.shape[0], device=t.device), t] -= 1
+    if slope is not None:
+        grad.mul_(slope)
+    if parts.scale != 1.0:
+        grad.mul_(parts.scale)
+    grad = grad.to(weight.dtype)
+    if grad_h is not None:
+        grad_h[start:start + chunk] = grad @ weight
+    if grad_w is not None:
+        grad_w.addmm_(grad.t(), h)
+    if grad_b is not None:
+        grad_b += grad.sum(0)
+    return loss
 
 
 def _chunk_loss(parts: LossHead, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
