@@ -65,7 +65,8 @@ def test_sigkilled_runs_resume_bit_identical(tiny_llama: Path, tmp_path: Path) -
     wait_for(lambda: partial.is_dir() and len(list(partial.iterdir())) >= 3, "the step-3 checkpoint write", crash)
     kill(crash)
     assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
-    want = load_file(out / "lora" / "adapter_model.safetensors")  # read before anything else saves there
+    reference_row = next(r for r in runs.list(out) if r.run_id != crash_id)  # lora/, or lora-<id8> when the
+    want = load_file(Path(reference_row.output_path) / "adapter_model.safetensors")  # crash run held the folder
 
     assert partial.is_dir() and not (run_dir / "step-000003").exists()  # the write never finished...
     assert [c.step for c in list_checkpoints(run_dir)] == [1, 2]  # ...and the last complete one is whole

@@ -10,14 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .errors import BackpropagateError
+from .errors import COUNT_MAX, BackpropagateError
 from .option_docs import OPTION_DOCS
 from .presets import BASE_LEARNING_RATE, LORA_PRESETS, resolve_model_name
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-7B-Instruct"
+FINITE = ConfigDict(allow_inf_nan=False)  # inf / nan are refused like any other out-of-range value
 
 
 def _doc(option: str) -> str:
@@ -26,6 +35,8 @@ def _doc(option: str) -> str:
 
 class ModelSettings(BaseModel):
     """Which base model to fine-tune and how to load it (env: BACKPROPAGATE_MODEL__*)."""
+
+    model_config = FINITE
 
     name: str = Field(DEFAULT_MODEL, description=_doc("model"))
     trust_remote_code: bool = Field(False, description=_doc("trust_remote_code"))
@@ -37,8 +48,10 @@ class ModelSettings(BaseModel):
 class LoraSettings(BaseModel):
     """Low-rank adapter shape (env: BACKPROPAGATE_LORA__*)."""
 
+    model_config = FINITE
+
     preset: Literal["quality", "fast"] = Field("quality", description=_doc("lora_preset"))
-    r: int = Field(LORA_PRESETS["quality"].r, gt=0, description=_doc("lora_r"))
+    r: int = Field(LORA_PRESETS["quality"].r, gt=0, le=65536, description=_doc("lora_r"))
     alpha: float = Field(LORA_PRESETS["quality"].alpha, gt=0, description=_doc("lora_alpha"))
     dropout: float = Field(0.05, ge=0, lt=1, description=_doc("lora_dropout"))
     target_modules: str | list[str] = Field("all-linear", description=_doc("target_modules"))
@@ -58,11 +71,13 @@ class LoraSettings(BaseModel):
 class TrainingSettings(BaseModel):
     """The optimisation loop (env: BACKPROPAGATE_TRAINING__*)."""
 
+    model_config = FINITE
+
     mode: Literal["lora", "full"] = Field("lora", description=_doc("mode"))
     learning_rate: float = Field(BASE_LEARNING_RATE, gt=0, description=_doc("learning_rate"))
     batch_size: int | Literal["auto"] = Field("auto", description=_doc("batch_size"))
-    gradient_accumulation: int = Field(4, gt=0, description=_doc("gradient_accumulation"))
-    max_seq_length: int = Field(2048, gt=0, description=_doc("max_seq_length"))
+    gradient_accumulation: int = Field(4, gt=0, le=COUNT_MAX, description=_doc("gradient_accumulation"))
+    max_seq_length: int = Field(2048, gt=0, le=2**24, description=_doc("max_seq_length"))
     output_dir: Path = Field(Path("./output"), description=_doc("output_dir"))
     train_on_responses: bool = Field(True, description=_doc("train_on_responses"))
     packing: bool = Field(True, description=_doc("packing"))
@@ -72,11 +87,11 @@ class TrainingSettings(BaseModel):
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description=_doc("lr_scheduler"))
     weight_decay: float = Field(0.0, ge=0, description=_doc("weight_decay"))
     max_grad_norm: float = Field(1.0, gt=0, description=_doc("max_grad_norm"))
-    seed: int = Field(42, description=_doc("seed"))
+    seed: int = Field(42, ge=0, le=2**32 - 1, description=_doc("seed"))
     optim: str | None = Field(None, description=_doc("optim"))
     gradient_checkpointing: bool | Literal["auto"] = Field("auto", description=_doc("gradient_checkpointing"))
-    save_steps: int = Field(50, ge=0, description=_doc("save_steps"))
-    keep_checkpoints: int = Field(2, ge=1, description=_doc("keep_checkpoints"))
+    save_steps: int = Field(50, ge=0, le=COUNT_MAX, description=_doc("save_steps"))
+    keep_checkpoints: int = Field(2, ge=1, le=COUNT_MAX, description=_doc("keep_checkpoints"))
     oom_recovery: bool = Field(True, description=_doc("oom_recovery"))
     report_to: str | list[str] = Field("auto", description=_doc("report_to"))
     strategy: Literal["ddp", "fsdp", "deepspeed"] = Field("ddp", description=_doc("strategy"))
@@ -134,8 +149,8 @@ class TrainingSettings(BaseModel):
     def _batch_size(cls, value: Any) -> Any:
         if isinstance(value, str) and value != "auto" and value.strip().isdigit():
             value = int(value)
-        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
-            raise ValueError("must be > 0 or 'auto'")
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 < value <= COUNT_MAX:
+            raise ValueError(f"must be 1 .. {COUNT_MAX} or 'auto'")
         return value
 
 

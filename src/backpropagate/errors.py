@@ -26,6 +26,10 @@ _SPECS = [
     # --- input: arguments and data -------------------------------------------------------------
     ErrorSpec("INPUT_INVALID_VALUE", "An argument has a value outside its allowed range.",
               "Check the value against the parameter table in the README."),
+    ErrorSpec("INPUT_INVALID_USAGE", "The command line does not parse: an unknown option or command, a missing "
+              "or mistyped value.", "See the command's --help for its options."),
+    ErrorSpec("INPUT_SEQUENCE_TOO_SHORT", "max_seq_length cuts every sample before its first trained token.",
+              "Raise max_seq_length (the message says to what), or shorten the prompts."),
     ErrorSpec("INPUT_FILE_NOT_FOUND", "The dataset path does not exist.",
               "Check the path; relative paths are resolved from the current directory."),
     ErrorSpec("INPUT_DATASET_EMPTY", "The dataset has no rows.",
@@ -98,6 +102,13 @@ _SPECS = [
               "Write to a folder of your own, e.g. ./output."),
     ErrorSpec("INPUT_TEMPLATE_UNTRANSLATABLE", "The chat template has no verified Ollama TEMPLATE translation.",
               "Register without --ollama and write the Modelfile TEMPLATE by hand; the GGUF itself is fine."),
+    ErrorSpec("INPUT_MODEL_ID_HAS_CREDENTIALS", "The model id carries a credential (URL query, user:password@ or "
+              "key=value); nothing was loaded.",
+              "Use the HF_TOKEN environment variable (or `huggingface-cli login`), never a token in the model id."),
+    ErrorSpec("INPUT_RECORDED_PATH_REDACTED", "The run's dataset path or model held a credential, so its history "
+              "keeps only the redacted form, which cannot be opened.",
+              "Pass the dataset (--data) or the model (--model) again, e.g. `backprop resume <run-id> --data "
+              "<file>`; its content must be the run's own."),
     # --- dependencies ----------------------------------------------------------------------------
     ErrorSpec("DEP_MODEL_LOAD_FAILED", "The model could not be loaded.",
               "Check the id for typos; for gated models run `hf auth login`; offline, pass a local "
@@ -211,3 +222,12 @@ class BackpropagateError(Exception):
 def invalid_value(name: str, value: object, expected: str) -> BackpropagateError:
     """Shorthand for the most common input error: ``name`` must satisfy ``expected``."""
     return BackpropagateError("INPUT_INVALID_VALUE", f"{name}={value!r} is invalid: expected {expected}.")
+
+
+COUNT_MAX = 2**31 - 1  # counts and sizes: far beyond any real run, and within every integer they are stored as
+
+
+def check_count(name: str, value: object, low: int = 1) -> None:
+    """Refuse anything but an integer in ``low .. COUNT_MAX`` (steps, runs: stored in SQLite and tensors)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= COUNT_MAX):
+        raise invalid_value(name, value, f"an integer from {low} to {COUNT_MAX}")

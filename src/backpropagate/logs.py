@@ -1,14 +1,13 @@
 """Logging: structlog with the run_id bound to every line, console or JSON output, secrets redacted.
 
-Everything this package prints goes through :func:`redact`, so a token pasted into a model id, a URL or
-an exception message never reaches the terminal or a log file.
+Everything this package prints goes through :func:`redact` (see :mod:`backpropagate.redaction`), so a
+token pasted into a model id, a URL or an exception message never reaches the terminal or a log file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,25 +15,14 @@ from typing import Any
 
 import structlog
 
-_SECRET_PATTERNS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"\bhf_[A-Za-z0-9]{8,}"), "hf_***"),
-    (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), "sk-***"),
-    (re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b"), "AKIA***"),
-    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=\-]{8,}"), r"\1 ***"),
-    (re.compile(r"(?i)\b(aws_secret_access_key|password|passwd|token|api_key|apikey|secret)"
-                r"(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)"), r"\1\2***"),
-]
+from .redaction import is_redacted, redact, redact_tree
 
-
-def redact(text: str) -> str:
-    """Replace anything that looks like a credential with a placeholder."""
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
+__all__ = ["bound_run", "configure", "get_logger", "is_redacted", "redact", "redact_tree"]
 
 
 def _redact_processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-    return {key: redact(value) if isinstance(value, str) else value for key, value in event.items()}
+    """Every value of the line, nested lists and dicts too; a value under a credential key is masked whole."""
+    return redact_tree(event)
 
 
 def _env_flag(name: str) -> bool | None:

@@ -7,11 +7,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .atomic import check_writable_dir, write_dir_atomically
+from .atomic import check_output_dir, check_output_location, write_dir_atomically
 from .config import Settings, resolve_settings
-from .errors import BackpropagateError, invalid_value
-from .logs import bound_run, configure, get_logger
+from .errors import BackpropagateError, check_count
+from .logs import bound_run, configure, get_logger, is_redacted, redact, redact_tree
+from .redaction import check_model_id
 from .training.callbacks import TrainingCallback, TrainingRun
+from .training.stop import RunInterrupted, StopSignal
 
 
 class Trainer:
@@ -72,6 +74,7 @@ class Trainer:
         self.settings: Settings = resolve_settings(**args)
         check_method(self.settings)
         check_strategy(self.settings)  # FSDP / DeepSpeed limits, a DeepSpeed config that does not parse
+        check_model_id(self.settings.model.name)  # a token in the id is refused, never sent or stored
         self.model: Any = None
         self.tokenizer: Any = None
         self.last_run: TrainingRun | None = None
@@ -80,6 +83,13 @@ class Trainer:
         self._load_notes: list[str] = []  # degradations while loading, for the start-up line
         self._sharded = False  # after an FSDP / DeepSpeed run this process holds only its share of the weights
         self.hardware: Any = None  # a HardwareFacts to decide for instead of probing this machine (what-ifs, tests)
+        self._stop = StopSignal()
+
+    def stop(self, reason: str = "trainer.stop()") -> None:
+        """Stop the running ``train()`` after its current step: it writes a checkpoint, records the run
+        ``interrupted`` and raises :class:`~backpropagate.training.stop.RunInterrupted`, whose
+        ``resume_command`` finishes it. Safe to call from another thread or a signal handler."""
+        self._stop.request(reason)
 
     @property
     def output_dir(self) -> Path:
@@ -104,6 +114,10 @@ class Trainer:
         accepted = inspect.signature(cls.__init__).parameters
         args = {arg: config[group][name] for arg, (group, name) in TRAINER_ARGS.items()
                 if arg in accepted and name in config.get(group, {})}
+        if "model" not in overrides and is_redacted(args.get("model")):
+            raise BackpropagateError("INPUT_RECORDED_PATH_REDACTED", f"run {run_id} was trained on a model whose "
+                                     f"name held a credential; its history keeps only {args['model']!r}.",
+                                     hint="Pass the model again (--model, or model=... to Trainer.from_run).")
         return cls(**{**args, **overrides, "output_dir": new_output_dir or output})
 
     def smart_defaults(self, hardware: Any = None) -> Any:
@@ -181,9 +195,9 @@ class Trainer:
         micro-batch (``"micro_batch"``, index) and each checkpoint file (``"checkpoint"``, name) and may
         raise; ``thermal_guard`` replaces the NVML guard (a ``training.guards.ThermalGuard``).
         """
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0):
-            raise invalid_value("steps", steps, "a positive integer")
-        check_writable_dir(self.output_dir)
+        check_count("steps", steps)
+        self._stop.clear()
+        check_output_dir(self.output_dir)
         callback = callback or TrainingCallback()
         from .training.parallel import Parallel
         from .training.session import RunSession
@@ -213,6 +227,10 @@ class Trainer:
                                   parallel=parallel)
             except BaseException as exc:
                 session.fail(exc, log)
+                if isinstance(exc, KeyboardInterrupt) and session.begun and session.main:
+                    interrupted = RunInterrupted(run_id, self.output_dir, session.last_checkpoint_step)
+                    log.warning("run_interrupted", step=interrupted.step, resume=interrupted.resume_command)
+                    raise interrupted from exc
                 if not isinstance(exc, Exception):
                     raise
                 callback.fire("on_error", exc)
@@ -262,8 +280,9 @@ class Trainer:
         batch_size = defaults.batch_size
         loop = self._loop_config(defaults, steps=steps, seed=cfg.seed, shuffle=not curriculum)
         session.begin(model_name=self.settings.model.name, batch_size=batch_size)
+        target = self._run_target(session, parallel, log)
         hooks = session.loop_hooks(self.model, callback=callback, log=log, fault_hook=fault_hook,
-                                   thermal_guard=thermal_guard)
+                                   thermal_guard=thermal_guard, stop=self._stop)
         main = parallel is None or parallel.is_main
         trackers = TrackerHub.open(cfg.report_to, run_id=run_id, output_dir=self.output_dir, config=session.config,
                                    log=log, main=main)
@@ -275,7 +294,6 @@ class Trainer:
             raise
         trackers.finish({"loss": result.loss_history[-1], "tokens_trained": result.label_tokens,
                          "duration_seconds": time.perf_counter() - started}, step=steps)
-        target = self.output_dir / self._save_folder_name()
         weights = None
         if parallel is not None and parallel.sharded:  # every rank helps gather; rank 0 writes
             weights, _ = parallel.gather(self.model)
@@ -289,7 +307,7 @@ class Trainer:
             duration_seconds=time.perf_counter() - started, samples_seen=result.samples_seen,
             tokens_trained=result.label_tokens, dataset_format=loaded.report.name,
             truncated_samples=result.truncated,
-            config={**self.settings.model_dump(mode="json"), "batch_size_resolved": batch_size,
+            config={**redact_tree(self.settings.model_dump(mode="json")), "batch_size_resolved": batch_size,
                     "resolved": {c.setting: c.value for c in defaults.choices} | {"backend": self.backend}})
         self.last_run = run
         session.complete(run)
@@ -358,7 +376,7 @@ class Trainer:
         """
         from .continual.campaign import run_campaign
 
-        check_writable_dir(self.output_dir)
+        check_output_dir(self.output_dir)
         return run_campaign(self, dataset, num_runs=num_runs, steps_per_run=steps_per_run,
                             samples_per_run=samples_per_run, merge_mode=merge_mode, eval_fraction=eval_fraction,
                             lambda_schedule=lambda_schedule, experimental=experimental, resume=resume,
@@ -367,6 +385,26 @@ class Trainer:
 
     def _save_folder_name(self) -> str:
         return "model" if self.settings.training.mode == "full" else "lora"
+
+    def _saved_dir(self) -> Path:
+        """Where the last run saved (``lora-<id8>`` when another run held the folder), else ``<output>/lora``."""
+        if self.last_run is not None and self.last_run.output_path:
+            return Path(self.last_run.output_path)
+        return self.output_dir / self._save_folder_name()
+
+    def _run_target(self, session: Any, parallel: Any, log: Any) -> Path:
+        """The folder this run saves to: ``<output>/lora`` when it holds the output folder's lock, else its own
+        ``lora-<id8>`` beside it (said once, at start), so it never replaces a live run's adapter."""
+        from .training.output_lock import LOCK_FILE, run_folder_name
+
+        owned = session.owns_output
+        if parallel is not None:
+            owned = parallel.broadcast(owned if parallel.is_main else None)
+        target = self.output_dir / run_folder_name(self._save_folder_name(), session.run_id, owned)
+        if not owned and session.main:
+            log.warning("output_in_use", saving_to=str(target),
+                        reason=f"another run holds {self.output_dir / LOCK_FILE}")
+        return target
 
     def _check_memory(self, defaults: Any, log: Any) -> None:
         """On a GPU, before loading weights: refuse (or, with memory_check="warn", say) a plan that does not fit."""
@@ -396,7 +434,9 @@ class Trainer:
         if self.model is None:
             raise BackpropagateError("STATE_NOT_TRAINED", "there is no trained adapter to save yet.")
         self._check_whole()
-        return self._write(Path(path) if path is not None else self.output_dir / self._save_folder_name(), callback)
+        if path is not None:
+            check_output_location(path, "save path")
+        return self._write(Path(path) if path is not None else self._saved_dir(), callback)
 
     def _write(self, target: Path, callback: TrainingCallback | None,
                state_dict: dict[str, Any] | None = None) -> Path:
@@ -417,7 +457,7 @@ class Trainer:
             raise BackpropagateError(
                 "STATE_MODEL_SHARDED", "after an FSDP or DeepSpeed run each process holds only its share "
                 "of the weights.",
-                hint=f"Use the folder the run saved ({self.output_dir / self._save_folder_name()}): "
+                hint=f"Use the folder the run saved ({self._saved_dir()}): "
                      "`backprop export` it from one process.")
 
     def chat(self, prompt: str, *, max_new_tokens: int = 64, system: str | None = None) -> str:
@@ -456,7 +496,7 @@ class Trainer:
         if self.model is None:
             raise BackpropagateError("STATE_NOT_TRAINED", "there is no trained model to export yet.")
         self._check_whole()
-        saved = self.output_dir / self._save_folder_name()
+        saved = self._saved_dir()
         if not saved.is_dir():
             self.save(saved)
         if format == "adapter":
@@ -471,9 +511,15 @@ class Trainer:
         result = export_model(saved, format, quantization=quantization, output=output or default,
                               overwrite=overwrite, verify=verify, ollama=ollama, ollama_name=ollama_name,
                               system=system, run=self.last_run,
-                              trust_remote_code=self.settings.model.trust_remote_code)
+                              trust_remote_code=self.settings.model.trust_remote_code,
+                              base=self._base_if_redacted())
         self._record_export(result)
         return result
+
+    def _base_if_redacted(self) -> str | None:
+        """The adapter names its base redacted when the base's path held a credential; this process knows it."""
+        name = self.settings.model.name
+        return name if redact(name) != name and self.settings.training.mode != "full" else None
 
     def _record_export(self, result: Any) -> None:
         """Add the export to the run's history row (``runs.get(id).details["exports"]``)."""
@@ -503,7 +549,7 @@ class Trainer:
         if folder is None:
             if self.model is None:
                 raise BackpropagateError("STATE_NOT_TRAINED", "there is no trained adapter to push yet.")
-            folder = self.output_dir / self._save_folder_name()
+            folder = self._saved_dir()
             if not Path(folder).is_dir():
                 self.save(folder)
         return push_folder(folder, repo_id, private=private, token=token, run=self.last_run)

@@ -62,22 +62,40 @@ def register_commands() -> None:
 def main() -> None:
     """Console-script entry point."""
     register_commands()
-
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)  # usage errors come back here, to be printed like every other
+    except typer.TyperException as exc:  # Click's usage errors (typer carries its own Click)
+        _usage_error(exc)
+    except (KeyboardInterrupt, typer.Abort):
         sys.stderr.write("interrupted\n")
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one place every error is turned into a coded line
-        from ..errors import CATALOG, BackpropagateError
+        _fail(exc)
+    sys.exit(code if isinstance(code, int) else 0)
 
-        if _debug():
-            import traceback
 
-            from ..logs import redact
-            sys.stderr.write(redact(traceback.format_exc()))
-        if isinstance(exc, BackpropagateError):
-            _report(exc.code, exc.message, exc.hint)
-        else:
-            _report("RUNTIME_UNEXPECTED", f"{type(exc).__name__}: {exc}", CATALOG["RUNTIME_UNEXPECTED"].hint)
-        sys.exit(1)
+def _usage_error(exc: Exception) -> None:
+    """A command line that does not parse: ``[INPUT_INVALID_USAGE]`` and the command's help hint, exit 2."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as Click would show it
+        typer.echo(ctx.get_help() if ctx else "")
+        sys.exit(2)
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    command = ctx.command_path if ctx is not None else "backprop"
+    _report("INPUT_INVALID_USAGE", message, f"See `{command} --help` for the options.")
+    sys.exit(2)
+
+
+def _fail(exc: Exception) -> None:
+    from ..errors import CATALOG, BackpropagateError
+
+    if _debug():
+        import traceback
+
+        from ..logs import redact
+        sys.stderr.write(redact(traceback.format_exc()))
+    if isinstance(exc, BackpropagateError):
+        _report(exc.code, exc.message, exc.hint)
+    else:
+        _report("RUNTIME_UNEXPECTED", f"{type(exc).__name__}: {exc}", CATALOG["RUNTIME_UNEXPECTED"].hint)
+    sys.exit(1)

@@ -14,22 +14,27 @@ def resume(
     run_id: str = typer.Argument(..., help="The run id, or its first characters (see runs.db)."),
     output: Path = typer.Option(None, "--output", "-o", help="The run's output directory [default: ./output]."),
     force: bool = typer.Option(False, "--force", help="Continue even if the dataset file or settings changed."),
+    data: str = typer.Option(None, "--data", "-d", help="The run's dataset, when its recorded path cannot be "
+                             "used (it held a credential, so the history keeps it redacted) [default: the run's own]."),
+    model: str = typer.Option(None, "--model", "-m", help="The run's base model, when its recorded name cannot "
+                              "be used (it held a credential) [default: the run's own]."),
 ) -> None:
     """Continue an interrupted run (or multi-run campaign) where it stopped, with its own data and settings."""
     from ..runs.store import RunStore
     from ..trainer import Trainer
     from .progress import TrainingProgress
+    from .train import interruptible
 
-    trainer = Trainer.from_run(run_id, output)
+    trainer = Trainer.from_run(run_id, output, **({"model": model} if model else {}))
     if "multi_run" in RunStore.for_output(trainer.output_dir).get(run_id).config:
         from .multi_run import print_result
 
         with TrainingProgress(None) as progress:
-            campaign = trainer.multi_run(resume=run_id, force=force, callback=progress.callback())
+            campaign = trainer.multi_run(data, resume=run_id, force=force, callback=progress.callback())
         print_result(campaign)
         return
-    with TrainingProgress(None) as progress:
-        run = trainer.train(resume=run_id, force=force, callback=progress.callback())
+    with interruptible(trainer), TrainingProgress(None) as progress:
+        run = trainer.train(data, resume=run_id, force=force, callback=progress.callback())
     typer.echo(f"run_id: {run.run_id}")
     typer.echo(f"steps: {run.steps}  final loss: {run.final_loss:.4f}  "
                f"(first {run.loss_history[0]:.4f})  {run.duration_seconds:.1f}s")

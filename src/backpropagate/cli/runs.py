@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from ..logs import redact, redact_tree
 from . import app
 
 _OUTPUT_HELP = "Output directory whose runs.db to read [default: every output directory trained into]."
@@ -22,7 +23,8 @@ def _console() -> Any:
 
 
 def _short(value: Any, width: int = 40) -> str:
-    text = "-" if value is None else str(value)
+    """Redacted first, then cut: a cut token would no longer look like one."""
+    text = "-" if value is None else redact(str(value))
     return text if len(text) <= width else "…" + text[-(width - 1):]
 
 
@@ -49,7 +51,7 @@ def list_runs(
 
     records = runs.list(output, status=status, limit=limit)
     if as_json:
-        typer.echo(json.dumps([asdict(r) for r in records], indent=2, default=str))
+        typer.echo(json.dumps([redact_tree(asdict(r)) for r in records], indent=2, default=str))
         return
     if not records:
         typer.echo("no runs recorded" + (f" in {output}" if output else ""))
@@ -87,15 +89,16 @@ def show_run(
     for key in ("replay_of", "tokens_trained", "tokens_per_second"):
         if r.details.get(key) is not None:
             lines.append(f"{key:<11} {r.details[key]}")
-    lines.append(f"adapter     {r.output_path or '-'}")
+    replaced = f"  (replaced by run {r.details['replaced_by'][:8]})" if r.details.get("replaced_by") else ""
+    lines.append(f"adapter     {r.output_path or '-'}{replaced}")
     lines += [f"checkpoint  {c}" for c in r.checkpoints]
     lines += [f"export      {e['format']} {e.get('quantization') or ''} {e['path']}"
               + (f"  parity {'passed' if e['parity_passed'] else 'FAILED'} ({e['agreement']:.1%})"
                  if e.get("parity_passed") is not None else "") for e in r.details.get("exports", [])]
-    typer.echo("\n".join(lines))
+    typer.echo(redact("\n".join(lines)))
     typer.echo("\nconfig")
-    for key, value in flatten(r.config).items():
-        typer.echo(f"  {key} = {json.dumps(value, default=str)}")
+    for key, value in flatten(redact_tree(r.config)).items():
+        typer.echo(redact(f"  {key} = {json.dumps(value, default=str)}"))
     _show_campaign(r)
     typer.echo("\nloss")
     typer.echo(runs.terminal_curve(r.loss_history))
@@ -111,7 +114,7 @@ def _show_campaign(r: Any) -> None:
     typer.echo("\nmulti-run merges")
     for run in r.details.get("runs", []):
         typer.echo(f"  run {run['run']}: {run['train_rows']} rows (+{run['holdout_rows']} held out) of "
-                   f"{run['data']}  final loss {run['final_loss']:.4f}  lambda {run['merge_weight']:.4f}")
+                   f"{_short(run['data'], 200)}  final loss {run['final_loss']:.4f}  lambda {run['merge_weight']:.4f}")
     if r.details.get("forgetting", {}).get("accuracy"):
         typer.echo(ForgettingReport.from_json(json.dumps(r.details["forgetting"])).to_text())
 
@@ -134,7 +137,7 @@ def diff_runs(
     table.add_column(d.a.run_id[:8], justify="right")
     table.add_column(d.b.run_id[:8], justify="right")
     for key, (va, vb) in d.config.items():
-        table.add_row(key, json.dumps(va, default=str), json.dumps(vb, default=str))
+        table.add_row(key, _short(json.dumps(va, default=str), 200), _short(json.dumps(vb, default=str), 200))
     if not d.config:
         table.add_row("config", "identical", "identical")
     table.add_row("dataset sha256", str(d.a.dataset_hash)[:12], str(d.b.dataset_hash)[:12]

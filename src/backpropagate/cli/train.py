@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -98,7 +101,7 @@ def train(
 
         raise typer.Exit(launch(sys.argv[1:], nproc=nproc or 1, nnodes=nnodes, node_rank=node_rank,
                                 master_addr=master_addr, master_port=master_port))
-    with TrainingProgress(steps, enabled=os.environ.get("RANK", "0") == "0") as progress:
+    with interruptible(trainer), TrainingProgress(steps, enabled=os.environ.get("RANK", "0") == "0") as progress:
         run = trainer.train(data, steps=steps, callback=progress.callback(), format=format,
                             text_column=text_column, curriculum=curriculum, resume=resume, force=force)
     if os.environ.get("RANK", "0") != "0":
@@ -107,6 +110,23 @@ def train(
     typer.echo(f"steps: {run.steps}  final loss: {run.final_loss:.4f}  "
                f"(first {run.loss_history[0]:.4f})  {run.duration_seconds:.1f}s")
     typer.echo(f"adapter: {run.output_path}")
+
+
+@contextmanager
+def interruptible(trainer: Any) -> Iterator[None]:
+    """Ctrl-C stops the run after its current step with a checkpoint (twice: at once); an interrupted run
+    prints the command that resumes it and exits 130. Multi-process runs keep the launcher's handling."""
+    import os
+
+    from ..training.stop import RunInterrupted, stop_on_sigint
+
+    graceful = stop_on_sigint(trainer.stop) if int(os.environ.get("WORLD_SIZE", "1")) <= 1 else nullcontext()
+    try:
+        with graceful:
+            yield
+    except RunInterrupted as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(130) from None
 
 
 def _on_off_auto(value: str | None) -> bool | str | None:

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackpropagateError, invalid_value
-from ..logs import bound_run, get_logger, redact
+from ..errors import BackpropagateError, check_count, invalid_value
+from ..logs import bound_run, get_logger, is_redacted, redact
 from ..training.callbacks import TrainingCallback, TrainingRun
+from ..training.output_lock import OutputLock, run_folder_name
 from .campaign_state import (
     CampaignState,
     RunSlice,
@@ -70,9 +71,8 @@ class MultiRunResult:
 
 def _check_arguments(settings: Any, num_runs: Any, steps_per_run: Any, merge_mode: str, schedule: Any,
                      experimental: bool) -> list[str]:
-    for name, value in (("num_runs", num_runs), ("steps_per_run", steps_per_run)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise invalid_value(name, value, "an integer >= 1")
+    check_count("num_runs", num_runs)
+    check_count("steps_per_run", steps_per_run)
     if merge_mode not in MERGE_MODES:
         raise invalid_value("merge_mode", merge_mode, "one of " + ", ".join(MERGE_MODES))
     merge_weight(1, schedule)  # an unknown schedule fails now, not after run 1
@@ -147,6 +147,11 @@ def _stored_data(trainer: Any, resume: Any) -> list[str]:
     datasets = record.config.get("multi_run", {}).get("datasets")
     if not datasets:
         raise invalid_value("dataset", None, "the datasets of the campaign (none are recorded)")
+    if any(is_redacted(name) for name in datasets):
+        raise BackpropagateError("INPUT_RECORDED_PATH_REDACTED", f"a dataset path of campaign {record.run_id[:8]} "
+                                 "held a credential; its history keeps only the redacted form.",
+                                 hint=f"Pass the datasets again: `backprop resume {record.run_id[:8]} --data <file>` "
+                                      "(or dataset=... to multi_run).")
     return list(datasets)
 
 
@@ -221,9 +226,11 @@ def run_campaign(trainer: Any, dataset: Any = None, *, num_runs: int | None = No
     store.check()
     record = _find_campaign(store, resume, config, force, log)
     run_id = record.run_id if record is not None else uuid.uuid4().hex
-    with bound_run(run_id):
-        return _Campaign(trainer, run_id, slices, config, merge_mode, steps_per_run, lambda_schedule, notes,
-                         callback or TrainingCallback(), fault_hook, log).run(store, record, defaults)
+    with bound_run(run_id), OutputLock.acquire(trainer.output_dir) as lock:  # as a single run: see output_lock
+        campaign = _Campaign(trainer, run_id, slices, config, merge_mode, steps_per_run, lambda_schedule, notes,
+                             callback or TrainingCallback(), fault_hook, log)
+        campaign.owns_output = lock.owned
+        return campaign.run(store, record, defaults)
 
 
 def _forgetting_metrics(report: ForgettingReport) -> dict[str, float]:
@@ -237,14 +244,17 @@ def _forgetting_metrics(report: ForgettingReport) -> dict[str, float]:
 
 
 def _name(source: Any) -> str:
+    """How the history, the report and the logs name a dataset: redacted, like a single run's path."""
     if isinstance(source, str | Path):
         path = Path(source).expanduser()
-        return str(path.resolve()) if path.exists() else str(source)
+        return redact(str(path.resolve()) if path.exists() else str(source))
     return f"<{type(source).__name__}>"
 
 
 class _Campaign:
     """One campaign's loop; holds what every run needs so each step below reads as one line."""
+
+    owns_output = True  # False while another run holds the output folder: the merged adapter goes to lora-<id8>
 
     def __init__(self, trainer: Any, run_id: str, slices: list[RunSlice], config: dict[str, Any], merge_mode: str,
                  steps_per_run: int, schedule: Any, notes: list[str], callback: TrainingCallback,
@@ -263,6 +273,8 @@ class _Campaign:
         trainer, log = self.trainer, self.log
         log.info("multi_run_started", run_id=self.run_id, runs=len(self.slices), merge_mode=self.merge_mode,
                  steps_per_run=self.steps_per_run, resume=record is not None)
+        if not self.owns_output:
+            log.warning("output_in_use", saving_to=str(self._merged_dir()), reason="another run holds the output folder")
         log.info("smart_defaults\n" + defaults.table())
         trainer._load(defaults)
         tok = trainer.tokenizer
@@ -292,6 +304,8 @@ class _Campaign:
                                      f"multi-run failed: {type(exc).__name__}: {redact(str(exc))[:300]}") from exc
         store.finish(self.run_id, "completed", completed_steps=len(self.slices) * self.steps_per_run,
                      loss_history=trainer.last_run.loss_history, output_path=result.output_path)
+        if self.owns_output:
+            store.mark_replaced(result.output_path, by=self.run_id)
         store.set_details(self.run_id, self._details(state, result))
         log.info("multi_run_completed", output=result.output_path, seconds=round(result.duration_seconds, 1),
                  **{k: round(v, 4) for k, v in (result.report.summary() or {}).get("accuracy", {}).items()})
@@ -304,7 +318,7 @@ class _Campaign:
         model_name = self.trainer.settings.model.name
         state = newest_good_state(self.run_dir, self.schedule, self.log) if record is not None else None
         if record is None:
-            store.start(run_id=self.run_id, model=model_name, dataset_path=self.config["dataset"]["path"],
+            store.start(run_id=self.run_id, model=redact(model_name), dataset_path=self.config["dataset"]["path"],
                         dataset_hash=self.config["dataset"]["fingerprint"], config=self.config,
                         steps=self.config["steps"])
         else:
@@ -384,7 +398,7 @@ class _Campaign:
 
         trainer = self.trainer
         set_lora_pairs(trainer.model, state.slao.merged)
-        output = trainer.save(trainer.output_dir / trainer._save_folder_name())
+        output = trainer.save(self._merged_dir())
         result = MultiRunResult(run_id=self.run_id, merge_mode=self.merge_mode, steps_per_run=self.steps_per_run,
                                 report=state.report, loss_histories=state.loss_histories,
                                 merge_weights=state.merge_weights, run_adapters=state.run_adapters,
@@ -406,6 +420,9 @@ class _Campaign:
         trainer.last_run = result.training_run(self.config)
         self.callback.fire("on_complete", trainer.last_run)
         return result
+
+    def _merged_dir(self) -> Path:
+        return self.trainer.output_dir / run_folder_name("lora", self.run_id, self.owns_output)
 
     def _details(self, state: CampaignState, result: MultiRunResult | None = None) -> dict[str, Any]:
         runs = [{"run": i, "data": s.name, "format": s.format, "train_rows": len(s.train),

@@ -152,7 +152,7 @@ def write_state(run_dir: Path, state: CampaignState) -> Path:
         manifest = {name: file_sha256(folder / name) for name in (TENSORS, STATE)}
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
-    path = write_dir_atomically(run_dir / f"{PREFIX}{state.runs_done:04d}", write)
+    path = write_dir_atomically(run_dir / f"{PREFIX}{state.runs_done:04d}", write, private=False)
     for old in list_states(run_dir)[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return path

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..atomic import write_file_atomically, write_text_atomically
 from ..errors import BackpropagateError
 
 if TYPE_CHECKING:
@@ -226,25 +226,9 @@ class ForgettingReport:
         """Write ``forgetting.json`` and ``forgetting.png`` into ``directory``; each file appears whole or not at all."""
         directory = Path(directory).expanduser()
         figure = self.heatmap_figure()  # before touching the disk: a missing extra writes nothing
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            json_path = _replace_into(directory / JSON_NAME, lambda p: p.write_text(self.to_json() + "\n"))
-            png_path = _replace_into(directory / PNG_NAME, lambda p: figure.savefig(p, dpi=_DPI, format="png"))
-        except OSError as exc:
-            raise BackpropagateError("STATE_WRITE_FAILED",
-                                     f"writing the forgetting report into {str(directory)!r} failed: "
-                                     f"{exc.strerror or exc}.") from exc
+        json_path = write_text_atomically(directory / JSON_NAME, self.to_json() + "\n")
+        png_path = write_file_atomically(directory / PNG_NAME, lambda p: figure.savefig(p, dpi=_DPI, format="png"))
         return json_path, png_path
-
-
-def _replace_into(target: Path, write: Any) -> Path:
-    partial = target.with_name(target.name + ".partial")
-    try:
-        write(partial)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    return target
 
 
 def _heatmap_figure(report: ForgettingReport) -> Figure:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .formats import FORMATS, Conversation, FormatReport, detect_format, to_examples
-from .load import dataset_fingerprint, load_rows
+from .load import dataset_fingerprint, load_rows, read_rows
 from .templates import IGNORE_INDEX, TokenizedSample, render, tokenize_conversation, tokenize_examples
 
 __all__ = [
@@ -52,7 +52,8 @@ class LoadedData:
 def load_examples(source: Any, *, require_assistant: bool = True, format: str | None = None,
                   text_column: str | None = None) -> LoadedData:
     """Load, detect and normalize a dataset; cheap, so bad data fails before a model is loaded."""
-    rows = load_rows(source)
-    report = detect_format(rows, format=format, text_column=text_column)
-    examples = to_examples(rows, report, text_column=text_column, require_assistant=require_assistant)
+    read = read_rows(source)
+    with read.located():  # "row 3 ..." becomes "data.jsonl line 4: row 3 ..."
+        report = detect_format(read.rows, format=format, text_column=text_column)
+        examples = to_examples(read.rows, report, text_column=text_column, require_assistant=require_assistant)
     return LoadedData(examples=examples, report=report, fingerprint=dataset_fingerprint(source))

@@ -17,6 +17,8 @@ from typing import Any
 
 from backpropagate.errors import BackpropagateError
 
+from .validate import MAX_DEPTH, tree_problem
+
 __all__ = ["FORMATS", "Conversation", "FormatReport", "Message", "detect_format", "to_examples"]
 
 Message = dict  # {"role": "system" | "user" | "assistant" | "tool", "content": str}
@@ -149,14 +151,14 @@ def detect_format(rows: list[dict], *, format: str | None = None, text_column: s
                 raise BackpropagateError(
                     "INPUT_UNKNOWN_FORMAT",
                     f"row {index + 1} is not in the forced format {format!r} "
-                    f"({_REASONS[format].format(col=column)} is expected); its keys: {_keys(row)}.")
+                    f"({_REASONS[format].format(col=column)} is expected); {_describe(row, column)}.")
             continue
         name = _classify(row, column, text_column is not None)
         if name is None:
             raise BackpropagateError(
                 "INPUT_UNKNOWN_FORMAT",
                 f"row {index + 1} matches no known format (sharegpt, alpaca, openai, chatml, text); "
-                f"its keys: {_keys(row)}.")
+                f"{_describe(row, column)}.")
         found.setdefault(name, []).append(index + 1)
     checked = f"checked {len(indices)} of {len(rows)} rows"
     if format is not None:
@@ -218,7 +220,7 @@ def _raise_misfit(row: Mapping, number: int, name: str, column: str, text_column
         raise BackpropagateError(
             "INPUT_MIXED_FORMATS", f"row {number} is in {other} format but the dataset was detected as {name}.")
     raise BackpropagateError(
-        "INPUT_UNKNOWN_FORMAT", f"row {number} is not in {name} format; its keys: {_keys(row)}.")
+        "INPUT_UNKNOWN_FORMAT", f"row {number} is not in {name} format; {_describe(row, column)}.")
 
 
 def _sharegpt(row: Mapping, number: int, column: str) -> list[Message]:
@@ -315,8 +317,9 @@ def _render_tool_calls(calls: Any) -> str:
         if isinstance(fn, Mapping) and "name" in fn:
             args = fn.get("arguments")
             if isinstance(args, str):
-                with contextlib.suppress(json.JSONDecodeError):
-                    args = json.loads(args)
+                with contextlib.suppress(json.JSONDecodeError, RecursionError):
+                    parsed = json.loads(args)
+                    args = parsed if tree_problem(parsed) is None else args  # hostile JSON stays text
             rendered.append({"name": fn["name"], "arguments": args})
         else:
             rendered.append(fn)
@@ -382,6 +385,10 @@ def _tools(row: Mapping, number: int) -> list | None:
         except json.JSONDecodeError as exc:
             raise BackpropagateError(
                 "INPUT_INVALID_JSON", f"row {number}: the `tools` column is not valid JSON ({exc.msg}).") from exc
+        except RecursionError as exc:
+            raise _bad_tools(number, "depth") from exc
+        if (problem := tree_problem(tools)) is not None:
+            raise _bad_tools(number, problem)
     if tools is None:
         return None
     if isinstance(tools, Mapping):
@@ -390,6 +397,14 @@ def _tools(row: Mapping, number: int) -> list | None:
         raise BackpropagateError(
             "INPUT_INVALID_CONVERSATION", f"row {number}: `tools` must be a list of tool schemas.")
     return tools
+
+
+def _bad_tools(number: int, problem: str) -> BackpropagateError:
+    if problem == "depth":
+        return BackpropagateError("INPUT_INVALID_JSON",
+                                  f"row {number}: the `tools` column nests deeper than {MAX_DEPTH} levels.")
+    return BackpropagateError("INPUT_ENCODING_ERROR", f"row {number}: the `tools` column holds a lone UTF-16 "
+                              "surrogate escape (such as \\ud800), which is not a character.")
 
 
 def _row(rows: list[dict], index: int) -> Mapping:
@@ -401,5 +416,25 @@ def _row(rows: list[dict], index: int) -> Mapping:
 
 
 def _keys(row: Mapping) -> str:
-    keys = [str(key) for key, value in row.items() if value is not None]
+    keys = [str(key) if value is not None else f"{key} (null)" for key, value in row.items()]
     return ", ".join(keys) if keys else "(none)"
+
+
+# The keys a format is recognised by, and the JSON type each must hold.
+_FORMAT_KEYS = {"conversations": list, "messages": list, "instruction": str}
+
+
+def _describe(row: Mapping, column: str) -> str:
+    """Why a row fits no format: a format's key holding the wrong type (null, most often), else its keys."""
+    expected = {column: str, **_FORMAT_KEYS}
+    for key, kind in expected.items():
+        if key in row and not isinstance(row[key], kind):
+            what = "a string" if kind is str else "a list"
+            return f"its `{key}` value is {_type_name(row[key])}, expected {what}; its keys: {_keys(row)}"
+    return f"its keys: {_keys(row)}"
+
+
+def _type_name(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

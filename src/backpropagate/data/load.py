@@ -9,17 +9,25 @@ the file is reported with the file name (and line or row) instead of a parser tr
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
+import os
 import re
-from collections.abc import Iterable, Mapping
+import stat
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from backpropagate.errors import BackpropagateError
 
-__all__ = ["SUPPORTED_SUFFIXES", "dataset_fingerprint", "load_rows"]
+from .validate import MAX_DEPTH, checked_json, tree_problem
+
+__all__ = ["SUPPORTED_SUFFIXES", "RowsRead", "dataset_fingerprint", "load_rows", "read_rows"]
 
 SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet", ".txt")
 # CSV cells in these columns hold JSON (lists of turns, tool schemas) and are decoded on load.
@@ -29,6 +37,7 @@ _ROW_KEYS = frozenset({"conversations", "messages", "instruction", "output", "te
 # owner/name or name, as the hub spells repository ids.
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
 _CHUNK = 1 << 20
+_ROW_REF = re.compile(r"row (\d+)\b")
 
 
 # --------------------------------------------------------------------------------------------
@@ -38,25 +47,61 @@ def load_rows(source: Any, *, split: str = "train") -> list[dict]:
     """Load ``source`` (path, ``save_to_disk`` folder, hub name, ``Dataset``/``DatasetDict`` or a
     list of dicts) as plain python dict rows, raising ``BackpropagateError`` for anything the user
     can fix."""
+    return read_rows(source, split=split).rows
+
+
+@dataclass(frozen=True)
+class RowsRead:
+    """Rows plus where they came from, so a later complaint about "row N" can name the file and line."""
+
+    rows: list[dict]
+    file: Path | None = None
+    lines: list[int] | None = None  # the 1-based line each row starts on (JSONL, CSV, TXT)
+
+    def locate(self, err: BackpropagateError) -> BackpropagateError:
+        """``err`` with the file (and line) in front when its message starts with "row N"."""
+        match = _ROW_REF.match(err.message)
+        if self.file is None or match is None:
+            return err
+        number = int(match.group(1))
+        line = f" line {self.lines[number - 1]}" if self.lines and 0 < number <= len(self.lines) else ""
+        return BackpropagateError(err.code, f"{self.file}{line}: {err.message}", hint=err.hint,
+                                  retryable=err.retryable)
+
+    @contextmanager
+    def located(self) -> Iterator[None]:
+        """Re-raise the format checks' errors inside the block with the file and line of the row."""
+        try:
+            yield
+        except BackpropagateError as err:
+            located = self.locate(err)
+            if located is err:
+                raise
+            raise located from err
+
+
+def read_rows(source: Any, *, split: str = "train") -> RowsRead:
+    """:func:`load_rows`, keeping the file and each row's line for later error messages."""
     kind, value = _resolve(source)
+    file, lines = None, None
     if kind == "rows":
-        rows = [_plain_row(row) for row in value]
         where = "the list of rows"
+        rows = _plain_rows(value, where)
     elif kind == "dataset":
-        rows = _rows_from_dataset(_pick_split(value, split, "the DatasetDict"))
         where = f"the {type(value).__name__}"
+        rows = _rows_from_dataset(_pick_split(value, split, "the DatasetDict"), where)
     elif kind == "dir":
-        rows = _rows_from_dataset(_load_from_disk(value, split))
         where = f"the dataset folder {value}"
+        rows = _rows_from_dataset(_load_from_disk(value, split), where)
     elif kind == "hub":
-        rows = _rows_from_dataset(_load_hub(value, split))
         where = f"the hub dataset {value!r} (split {split!r})"
+        rows = _rows_from_dataset(_load_hub(value, split), where)
     else:
-        rows = _load_file(value)
-        where = str(value)
+        rows, lines = _load_file(value)
+        where, file = str(value), value
     if not rows:
         raise BackpropagateError("INPUT_DATASET_EMPTY", f"{where} has no rows.")
-    return rows
+    return RowsRead(rows, file, lines)
 
 
 def dataset_fingerprint(source: Any, *, split: str = "train") -> str:
@@ -79,9 +124,9 @@ def dataset_fingerprint(source: Any, *, split: str = "train") -> str:
         if kind == "hub":
             rows: Iterable[Any] = load_rows(value, split=split)
         elif kind == "dataset":
-            rows = _rows_from_dataset(_pick_split(value, split, "the DatasetDict"))
+            rows = _rows_from_dataset(_pick_split(value, split, "the DatasetDict"), f"the {type(value).__name__}")
         else:
-            rows = (_plain_row(row) for row in value)
+            rows = _plain_rows(value, "the list of rows")
         for row in rows:
             digest.update(_canonical_json(row).encode("utf-8"))
             digest.update(b"\n")
@@ -106,23 +151,69 @@ def _resolve(source: Any) -> tuple[str, Any]:
     if not text.strip():
         raise BackpropagateError("INPUT_INVALID_VALUE", "dataset='' is invalid: expected a path or a hub name.")
     path = Path(text).expanduser()
-    if path.is_dir():
+    mode = _stat_mode(path)
+    if mode is None:
+        if isinstance(source, str) and _looks_like_hub_name(text):
+            return "hub", text
+        raise BackpropagateError("INPUT_FILE_NOT_FOUND", f"dataset file {path} does not exist.")
+    if stat.S_ISDIR(mode):
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
             return "dir", path
+        raise _plain_folder(path)
+    if not stat.S_ISREG(mode):
+        raise BackpropagateError(
+            "INPUT_FILE_UNREADABLE", f"dataset {path} is {_file_kind(mode)}, not a regular file; it was not read.",
+            hint="Pass a regular file: save the stream to a .jsonl file first.")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
         raise BackpropagateError(
             "INPUT_UNSUPPORTED_FILE_TYPE",
-            f"{path} is a folder but not one written by datasets.save_to_disk "
-            "(no dataset_dict.json or state.json in it).")
-    if path.exists():
-        suffix = path.suffix.lower()
-        if suffix not in SUPPORTED_SUFFIXES:
+            f"{path} has suffix {suffix or '(none)'!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}.")
+    return "file", path
+
+
+def _stat_mode(path: Path) -> int | None:
+    """The file type bits of ``path`` (links followed), None when nothing is there; never opens it.
+
+    ``Path.exists`` says False for a symlink loop and a dangling link, which would then read as
+    "does not exist" (or as a hub name): those get their own message here.
+    """
+    try:
+        return os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
             raise BackpropagateError(
-                "INPUT_UNSUPPORTED_FILE_TYPE",
-                f"{path} has suffix {suffix or '(none)'!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}.")
-        return "file", path
-    if isinstance(source, str) and _looks_like_hub_name(text):
-        return "hub", text
-    raise BackpropagateError("INPUT_FILE_NOT_FOUND", f"dataset file {path} does not exist.")
+                "INPUT_FILE_UNREADABLE", f"dataset path {path} is a symbolic link loop (it points back at itself).",
+                hint="Point the link at the real file, or pass the file itself.") from exc
+        if path.is_symlink():
+            raise BackpropagateError(
+                "INPUT_FILE_NOT_FOUND", f"dataset path {path} is a symbolic link to {os.readlink(path)}, "
+                "which does not exist.") from exc
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+            return None
+        raise BackpropagateError("INPUT_FILE_UNREADABLE", f"dataset path {path} cannot be read: "
+                                 f"{exc.strerror or exc}.") from exc
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def _plain_folder(path: Path) -> BackpropagateError:
+    """A folder is read only when datasets.save_to_disk wrote it; say which of its files could be passed."""
+    try:
+        files = sorted(p.name for p in path.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES and p.is_file())
+    except OSError:
+        files = []
+    found = (f"; data files in it: {', '.join(files[:5])}{', ...' if len(files) > 5 else ''} (pass one of them)"
+             if files else "")
+    return BackpropagateError(
+        "INPUT_UNSUPPORTED_FILE_TYPE",
+        f"{path} is a folder but not one written by datasets.save_to_disk "
+        f"(no dataset_dict.json or state.json in it){found}.",
+        hint="Pass a .jsonl, .json, .csv, .parquet or .txt file, or a folder written by Dataset.save_to_disk.")
 
 
 def _looks_like_hub_name(text: str) -> bool:
@@ -142,8 +233,8 @@ def _is_datasets_object(source: Any) -> bool:
 # --------------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------------
-def _load_file(path: Path) -> list[dict]:
-    """Dispatch on suffix; an empty file is reported as empty whatever its type."""
+def _load_file(path: Path) -> tuple[list[dict], list[int] | None]:
+    """Dispatch on suffix; rows and their lines. An empty file is reported as empty whatever its type."""
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -152,7 +243,7 @@ def _load_file(path: Path) -> list[dict]:
         raise BackpropagateError("INPUT_DATASET_EMPTY", f"{path} is empty (0 bytes).")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return _load_parquet(path)
+        return _load_parquet(path), None
     text = _read_text(path)
     if suffix in (".jsonl", ".ndjson"):
         return _parse_jsonl(text, path)
@@ -160,7 +251,8 @@ def _load_file(path: Path) -> list[dict]:
         return _parse_json(text, path)
     if suffix == ".csv":
         return _parse_csv(text, path)
-    return [{"text": line} for line in _lines(text) if line.strip()]
+    numbered = [(number, line) for number, line in enumerate(_lines(text), start=1) if line.strip()]
+    return [{"text": line} for _, line in numbered], [number for number, _ in numbered]
 
 
 def _read_text(path: Path) -> str:
@@ -186,14 +278,14 @@ def _lines(text: str) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 
 
-def _parse_jsonl(text: str, path: Path) -> list[dict]:
+def _parse_jsonl(text: str, path: Path) -> tuple[list[dict], list[int]]:
     """One JSON object per line; blank lines skipped; errors name the 1-based line."""
-    rows = []
+    rows, numbers = [], []
     for number, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = checked_json(line, path, number)
         except json.JSONDecodeError as exc:
             raise BackpropagateError(
                 "INPUT_INVALID_JSON", f"{path} line {number}: invalid JSON ({exc.msg} at column {exc.colno}).",
@@ -203,13 +295,14 @@ def _parse_jsonl(text: str, path: Path) -> list[dict]:
                 "INPUT_INVALID_JSON",
                 f"{path} line {number}: expected a JSON object, got {_json_type(value)}.")
         rows.append(value)
-    return rows
+        numbers.append(number)
+    return rows, numbers
 
 
-def _parse_json(text: str, path: Path) -> list[dict]:
+def _parse_json(text: str, path: Path) -> tuple[list[dict], list[int] | None]:
     """A JSON array of objects, an object wrapping one list, a single row object, or JSONL content."""
     try:
-        value = json.loads(text)
+        value = checked_json(text, path)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data" and text.lstrip().startswith("{"):  # JSONL saved as .json
             return _parse_jsonl(text, path)
@@ -226,7 +319,7 @@ def _parse_json(text: str, path: Path) -> list[dict]:
             raise BackpropagateError(
                 "INPUT_INVALID_JSON",
                 f"{path}: item {index} of the array is {_json_type(item)}, expected a JSON object.")
-    return value
+    return value, None
 
 
 def _unwrap(obj: dict, path: Path) -> list | dict:
@@ -244,11 +337,12 @@ def _unwrap(obj: dict, path: Path) -> list | dict:
     return [obj]
 
 
-def _parse_csv(text: str, path: Path) -> list[dict]:
+def _parse_csv(text: str, path: Path) -> tuple[list[dict], list[int]]:
     """Header row + one row per record; JSON in nested columns (``conversations`` ...) is decoded."""
     _raise_csv_field_limit()
+    _check_csv_quotes(text, path)
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    rows = []
+    rows, lines = [], []
     try:
         for number, record in enumerate(reader, start=1):
             if None in record:
@@ -263,11 +357,31 @@ def _parse_csv(text: str, path: Path) -> list[dict]:
                 else:
                     row[key] = cell
             rows.append(row)
+            lines.append(reader.line_num)
     except csv.Error as exc:
         raise BackpropagateError(
             "INPUT_FILE_CORRUPT", f"{path} line {reader.line_num}: malformed CSV ({exc}).",
             hint="Re-save the file as standard comma-separated CSV with a header row.") from exc
-    return rows
+    return rows, lines
+
+
+# A cell that opens with a quote (at the start of a line or after a comma) up to its closing quote, or to the
+# end of the file when it has none; "" inside is an escaped quote. Possessive, as csv reads it: no backtracking.
+_CSV_QUOTED_CELL = re.compile(r'(?:^|(?<=[,\r\n]))"(?:[^"]|"")*+("|\Z)')
+
+
+def _check_csv_quotes(text: str, path: Path) -> None:
+    """csv reads an unterminated quote as one cell running to the end of the file; refuse it instead."""
+    if '"' not in text:
+        return
+    cells = deque(_CSV_QUOTED_CELL.finditer(text), maxlen=1)  # only the last cell can run to the end
+    last = cells[0] if cells else None
+    if last is not None and last.group(1) == "":
+        line = text.count("\n", 0, last.start()) + 1
+        raise BackpropagateError(
+            "INPUT_FILE_CORRUPT", f"{path} line {line}: a quoted cell opens here and is never closed "
+            "(unterminated quote), so the rest of the file would be read as one cell.",
+            hint='Close the quote, or double a quote inside a quoted cell ("" for ").')
 
 
 def _decode_cell(cell: str, column: str, row: int, line: int, path: Path) -> Any:
@@ -278,7 +392,7 @@ def _decode_cell(cell: str, column: str, row: int, line: int, path: Path) -> Any
     if stripped[0] not in "[{":
         return cell
     try:
-        return json.loads(stripped)
+        return checked_json(stripped, path, line, column)
     except json.JSONDecodeError as exc:
         raise BackpropagateError(
             "INPUT_INVALID_JSON",
@@ -302,7 +416,7 @@ def _load_parquet(path: Path) -> list[dict]:
         raise BackpropagateError(
             "INPUT_FILE_CORRUPT", f"{path} is not a readable Parquet file: {exc}.",
             hint="Re-export it with pandas.DataFrame.to_parquet or pyarrow.parquet.write_table.") from exc
-    return [_plain_row(row) for row in table.to_pylist()]
+    return _plain_rows(table.to_pylist(), str(path))
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,10 +440,9 @@ def _load_from_disk(path: Path, split: str) -> Any:
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as exc:
-        raise BackpropagateError(
-            "DEP_DATASET_LOAD_FAILED", f"could not load the save_to_disk folder {path}: {exc}",
-            hint="Re-create it with Dataset.save_to_disk, or pass the original data file.",
-            retryable=False) from exc
+        raise BackpropagateError(  # a local folder: damaged, not a dependency that may come back
+            "INPUT_FILE_CORRUPT", f"{path} looks like a save_to_disk folder but cannot be loaded: {exc}",
+            hint="Re-create it with Dataset.save_to_disk, or pass the original data file.") from exc
     return _pick_split(loaded, split, f"the dataset folder {path}")
 
 
@@ -346,16 +459,29 @@ def _load_hub(name: str, split: str) -> Any:
             f"loaded: {type(exc).__name__}: {exc}") from exc
 
 
-def _rows_from_dataset(ds: Any) -> list[dict]:
+def _rows_from_dataset(ds: Any, where: str) -> list[dict]:
     """Rows of a Dataset (arrow, ignoring any numpy/torch format) or an IterableDataset."""
-    if hasattr(ds, "to_list"):
-        return [_plain_row(row) for row in ds.to_list()]
-    return [_plain_row(row) for row in ds]
+    return _plain_rows(ds.to_list() if hasattr(ds, "to_list") else ds, where)
 
 
 # --------------------------------------------------------------------------------------------
 # plain python values and hashing
 # --------------------------------------------------------------------------------------------
+def _plain_rows(rows: Iterable[Mapping], where: str) -> list[dict]:
+    """Plain copies of rows that are bounded in depth and hold real text (``_plain`` recurses)."""
+    out = []
+    for number, row in enumerate(rows, start=1):
+        problem = tree_problem(row)
+        if problem == "depth":
+            raise BackpropagateError("INPUT_INVALID_JSON", f"{where}: row {number} nests objects and lists "
+                                     f"deeper than {MAX_DEPTH} levels.")
+        if problem == "surrogate":
+            raise BackpropagateError("INPUT_ENCODING_ERROR", f"{where}: row {number} holds a string with a lone "
+                                     "UTF-16 surrogate, which is not a character and cannot be encoded as UTF-8.")
+        out.append(_plain_row(row))
+    return out
+
+
 def _plain_row(row: Mapping) -> dict:
     """Copy a row with numpy/arrow values turned into python lists, str, int and float."""
     return {str(key): _plain(value) for key, value in row.items()}

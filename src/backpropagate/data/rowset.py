@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import BackpropagateError
 from .formats import Conversation, FormatReport, detect_format, to_examples
-from .load import load_rows
+from .load import read_rows
 
 __all__ = ["Example", "Progress", "RowSet", "check_output_path", "example_text", "load_rowset",
            "normalize_text", "write_json", "write_jsonl", "write_rows"]
@@ -44,9 +44,11 @@ class RowSet:
 
 def load_rowset(source: Any, *, format: str | None = None, text_column: str | None = None) -> RowSet:
     """Load and normalize a dataset without requiring an assistant turn, so the filters can judge every row."""
-    rows = load_rows(source)
-    report = detect_format(rows, format=format, text_column=text_column)
-    examples = to_examples(rows, report, text_column=text_column, require_assistant=False)
+    read = read_rows(source)
+    rows = read.rows
+    with read.located():  # "row 3 ..." becomes "data.jsonl line 4: row 3 ..."
+        report = detect_format(rows, format=format, text_column=text_column)
+        examples = to_examples(rows, report, text_column=text_column, require_assistant=False)
     path = Path(source).expanduser() if isinstance(source, str | Path) and Path(source).expanduser().exists() else None
     return RowSet(rows=rows, examples=examples, report=report, source=path)
 
@@ -81,7 +83,10 @@ def check_output_path(output: str | Path, *, inputs: Iterable[Path | None] = (),
 
     ``inputs`` holds the source dataset first, then other files of the same command that it must not clobber.
     """
+    from ..atomic import check_output_location
+
     path = Path(output).expanduser()
+    check_output_location(path, f"the {what}")
     for number, other in enumerate(inputs):
         if other is not None and _same_file(path, other):
             where = "the input dataset" if number == 0 else "another output of this command"
@@ -124,16 +129,13 @@ def write_json(path: Path, payload: Mapping) -> Path:
 
 
 def _write_atomically(path: Path, fill: Callable[[Any], Any]) -> Path:
-    path = Path(path).expanduser()
-    partial = path.with_name(path.name + ".partial")
-    try:
+    from ..atomic import write_file_atomically
+
+    def write(partial: Path) -> None:
         with partial.open("w", encoding="utf-8") as handle:
             fill(handle)
-        os.replace(partial, path)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise BackpropagateError("STATE_WRITE_FAILED", f"writing {str(path)!r} failed: {exc.strerror or exc}.") from exc
-    return path
+
+    return write_file_atomically(Path(path).expanduser(), write)
 
 
 def write_rows(rowset: RowSet, indices: Sequence[int], path: Path, *, keep_format: bool = False,

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_file
 from ..errors import BackpropagateError
 from .gguf_arch import arch_spec, gguf_tensor_name, interleave_rotary_rows, is_rotary_projection, read_hparams
 from .gguf_families import source_name, text_config, transform_lora
 from .gguf_writer import load_config
 from .merge import check_adapter, resolve_source
-from .outputs import atomic_file
 
 _LORA_NAME = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
 

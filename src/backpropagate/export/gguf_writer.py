@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_file
 from ..errors import BackpropagateError
 from .gguf_arch import (
     ArchSpec,
@@ -32,7 +33,6 @@ from .gguf_arch import (
 )
 from .gguf_families import output_shape, source_name, text_config, transform_tensor
 from .gguf_tokenizer import VocabInfo, add_vocab, read_vocab
-from .outputs import atomic_file
 
 #: Output types the writer produces itself (no llama.cpp binary involved).
 NUMPY_TYPES = ("f32", "f16", "bf16", "q8_0")

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..logs import redact, redact_tree
+
 RUN_FILE = "training_run.json"
 _NOT_RECORDED = "not recorded"
 
@@ -84,12 +86,15 @@ def build_card(folder: Path, run: Any = None) -> tuple[str, dict[str, Any]]:
         lines += ["", "## Training configuration", "", "```json", json.dumps(config, indent=2, sort_keys=True,
                                                                               default=str), "```"]
     text = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
-    return text, {"kind": kind, "base_model": base, **{k: record.get(k) for k in ("run_id", "final_loss")}}
+    # Pushed to the Hub: a token in a path of an older run's record must not travel with it.
+    return redact(text), {"kind": kind, "base_model": redact(base) if base else base,
+                          **{k: record.get(k) for k in ("run_id", "final_loss")}}
 
 
 def write_run_record(folder: Path, run: Any) -> None:
     """Keep the run's facts beside an export so a later ``backprop push`` can describe it."""
-    record = run_record(run)
+    record = redact_tree(run_record(run))
     if record:
-        (folder / RUN_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n",
-                                       encoding="utf-8")
+        from ..atomic import write_text_atomically
+
+        write_text_atomically(folder / RUN_FILE, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text_atomically
 from ..errors import BackpropagateError
 from .ollama_templates import choose_template
-from .outputs import write_text_atomically
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 DEFAULT_NUM_CTX = 4096

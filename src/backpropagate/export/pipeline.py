@@ -9,13 +9,13 @@ folders and intermediate files are removed whatever happens; finished files appe
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import scratch_dir
 from ..errors import BackpropagateError
 from ..logs import get_logger
 from .gguf_writer import NUMPY_TYPES, load_config, write_gguf
@@ -61,16 +61,6 @@ def _quiet_progress():
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
-
-
-@contextmanager
-def _scratch(parent: Path, label: str):
-    """A hidden temporary folder beside the output (same filesystem), always removed."""
-    folder = parent / f".backprop-{label}-{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _artifact_name(path: Path) -> str:
@@ -154,10 +144,11 @@ def _export(source: str | Path, format: str, quantization: str, output: str | Pa
         require_llama_cpp()
     log = get_logger()
     result = ExportResult(format=fmt, path=target, quantization=quantization, base_gguf=base_target)
-    with _scratch(target.parent, "merged") as merged_dir, scratch_folder(target.parent, "intermediate") as keep:
+    with scratch_dir(target.parent, "merged", create=False) as merged_dir, \
+            scratch_folder(target.parent, "intermediate") as keep:
         if src.kind == "adapter":
             log.info("export_merging", adapter=str(src.path))
-            reference = merge_adapter(src.path, merged_dir, base=base, trust_remote_code=trust_remote_code)
+            reference = _merge_scratch(src.path, merged_dir, target, base=base, trust_remote_code=trust_remote_code)
         else:
             reference = src.path
         if fmt == "gguf":
@@ -179,6 +170,16 @@ def _export(source: str | Path, format: str, quantization: str, output: str | Pa
     if ollama:
         _register(result, ollama_name or "")
     return result
+
+
+def _merge_scratch(adapter: Path, folder: Path, target: Path, **kwargs: Any) -> Path:
+    """The merged weights a GGUF is written from, in a scratch folder; a failed write names the export's target."""
+    try:
+        return merge_adapter(adapter, folder, **kwargs)
+    except BackpropagateError as err:
+        if err.code != "STATE_WRITE_FAILED":
+            raise
+        raise BackpropagateError("STATE_WRITE_FAILED", f"writing {str(target)!r} failed: {err.message}") from err
 
 
 def _check_request(src: ExportSource, fmt: str, ollama: bool, ollama_name: str | None) -> None:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_file
 from ..errors import BackpropagateError
-from .outputs import atomic_file
 
 #: Every quantization the export accepts, in the order the CLI lists them.
 QUANTIZATIONS: tuple[str, ...] = ("q4_k_m", "q5_k_m", "q6_k", "q4_0", "q8_0", "f16", "bf16", "f32")

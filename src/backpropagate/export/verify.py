@@ -10,16 +10,13 @@ it cannot be mistaken for a good one; the report is written beside it either way
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from ..atomic import scratch_dir, write_text_atomically
 from ..errors import BackpropagateError
 from .gguf_writer import load_config, write_gguf
-from .outputs import write_text_atomically
 from .parity import ParityReport, References, verify_gguf
 from .quantize import AGREEMENT_THRESHOLDS, REFERENCE_TYPES, quantize_gguf
 
@@ -33,15 +30,9 @@ def full_precision_type(model_dir: Path) -> str:
     return "bf16" if "bfloat16" in dtype else "f16"
 
 
-@contextmanager
-def scratch_folder(parent: Path, label: str) -> Iterator[Path]:
+def scratch_folder(parent: Path, label: str) -> AbstractContextManager[Path]:
     """A hidden temporary folder beside the output (same filesystem), created and always removed."""
-    folder = parent / f".backprop-{label}-{uuid.uuid4().hex[:8]}.tmp"
-    folder.mkdir(parents=True)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    return scratch_dir(parent, label)
 
 
 def make_references(weights_dir: Path, quantization: str, folder: Path, *, full: Path | None = None,

@@ -155,6 +155,13 @@ def replay_run(run_id: str, output_dir: str | Path | None = None, *, new_output:
     if not path:
         raise BackpropagateError("INPUT_FILE_NOT_FOUND", f"run {record.run_id[:8]} was trained on an in-memory "
                                  "dataset, so it cannot be replayed from the history.")
+    from ..logs import is_redacted
+
+    if is_redacted(path):
+        raise BackpropagateError("INPUT_RECORDED_PATH_REDACTED", f"the dataset path of run {record.run_id[:8]} "
+                                 f"held a credential and is stored only as {path!r}, so it cannot be replayed.",
+                                 hint="Train again with `backprop train --data <file>` and the run's settings "
+                                      "(`backprop show-run` lists them).")
     if not Path(path).exists() and ("/" in path or Path(path).suffix):
         raise BackpropagateError("INPUT_FILE_NOT_FOUND", f"the dataset of run {record.run_id[:8]}, {path}, is gone.")
     loaded = load_examples(path, format=dataset.get("format"), text_column=dataset.get("text_column"))
@@ -176,15 +183,21 @@ def replay_run(run_id: str, output_dir: str | Path | None = None, *, new_output:
 
 
 def _row(record: RunRecord) -> dict[str, Any]:
-    return asdict(record)
+    """Redacted: a history written before redaction covered paths may still hold a token."""
+    from ..logs import redact_tree
+
+    return redact_tree(asdict(record))
 
 
 def export_runs(format: str = "jsonl", out: str | Path | None = None, output_dir: str | Path | None = None,
                 *, status: str | None = None) -> str:
     """The history as JSON lines, CSV (nested fields as JSON text) or one JSON array; written atomically to
     ``out`` when given. Returns the text."""
+    from ..atomic import check_output_location, write_text_atomically
+
     if format not in EXPORT_FORMATS:
         raise invalid_value("format", format, "one of " + ", ".join(EXPORT_FORMATS))
+    target = None if out is None else check_output_location(out, "--out")  # before reading any history
     rows = [_row(r) for r in list_runs(output_dir, status=status)]
     if format == "json":
         text = json.dumps(rows, indent=2, default=str) + "\n"
@@ -199,10 +212,7 @@ def export_runs(format: str = "jsonl", out: str | Path | None = None, output_dir
             writer.writerow({k: json.dumps(v, default=str) if isinstance(v, dict | builtins.list) else v
                              for k, v in r.items()})
         text = buffer.getvalue()
-    if out is not None:
-        from ..export.outputs import write_text_atomically
-
-        target = Path(out).expanduser()
+    if target is not None:
         if target.is_dir():
             raise BackpropagateError("INPUT_OUTPUT_DIR_INVALID", f"--out {str(target)!r} is a folder; name a file.")
         write_text_atomically(target, text)

@@ -41,7 +41,9 @@ def plot_losses(series: Mapping[str, Sequence[float]], path: str | Path, *, titl
     except ImportError as exc:
         raise BackpropagateError("DEP_EXTRA_MISSING", "loss plots need matplotlib, which is not installed.",
                                  hint='pip install "backpropagate[data]"') from exc
-    from ..export.outputs import write_file_atomically
+    from ..atomic import check_output_location, write_file_atomically
+
+    check_output_location(path, "--plot")  # before drawing: a refused path costs nothing
 
     figure = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(figure)

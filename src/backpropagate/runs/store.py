@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..atomic import disk_full, write_failed
 from ..errors import BackpropagateError
 
 SCHEMA_VERSION = 2  # 2 added details_json (a campaign's merges and forgetting)
@@ -99,8 +100,11 @@ class RunStore:
     # ---- connection ------------------------------------------------------------------------
     @contextmanager
     def _connect(self, *, write: bool) -> Iterator[sqlite3.Connection]:
-        if write:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if write:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_failed(self.path, exc) from exc
         try:
             conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         except sqlite3.Error as exc:
@@ -155,6 +159,8 @@ class RunStore:
         if any(s in text for s in ("not a database", "malformed", "no such table", "file is encrypted")):
             return BackpropagateError("STATE_HISTORY_CORRUPT", f"{self.path} is not a readable run history "
                                       f"({text}).")
+        if disk_full(exc, self.path.parent if "i/o error" in text.lower() else None):  # rolled back: no row lost
+            return write_failed(self.path, exc)
         return BackpropagateError("STATE_WRITE_FAILED", f"the run history {self.path} cannot be used: {text}.")
 
     @contextmanager
@@ -250,6 +256,20 @@ class RunStore:
             merged = {**(json.loads(row["details_json"]) if row else {}), **details}
             conn.execute("UPDATE runs SET details_json=?, updated_at=? WHERE run_id=?",
                          (json.dumps(merged, default=str), _now(), run_id))
+
+    def mark_replaced(self, output_path: str, *, by: str) -> None:
+        """Run ``by`` wrote ``output_path`` anew: earlier runs that recorded it no longer claim it (``show-run``
+        says "replaced by"), so no history row points at another run's adapter."""
+        with self._transaction() as conn:
+            rows = conn.execute("SELECT run_id, details_json FROM runs WHERE output_path=? AND run_id!=?",
+                                (output_path, by)).fetchall()
+            for row in rows:
+                details = json.loads(row["details_json"])
+                if details.get("replaced_by"):  # the first run that replaced it is the one to name
+                    continue
+                details["replaced_by"] = by
+                conn.execute("UPDATE runs SET details_json=?, updated_at=? WHERE run_id=?",
+                             (json.dumps(details, default=str), _now(), row["run_id"]))
 
     def finish(self, run_id: str, status: str, *, completed_steps: int | None = None,
                loss_history: list[float] | None = None, output_path: str | None = None,

@@ -8,6 +8,7 @@ original base. Full fine-tuning unfreezes every weight and saves a whole model f
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import weakref
@@ -19,6 +20,7 @@ import torch
 
 from ..config import LoraSettings
 from ..errors import BackpropagateError
+from ..logs import redact
 
 
 @dataclass
@@ -113,3 +115,39 @@ def save_trained(model: Any, tokenizer: Any, folder: Path, *, init_adapter_dir: 
     else:
         model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+    redact_saved_names(folder, _base_names(model, tokenizer))
+
+
+# Files in which peft and transformers write the base model's id or folder.
+_NAMED_FILES = ("adapter_config.json", "config.json", "tokenizer_config.json", "README.md")
+
+
+def _base_names(model: Any, tokenizer: Any) -> list[str]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = [c.base_model_name_or_path for c in (getattr(model, "peft_config", None) or {}).values()]
+    names += [getattr(getattr(base, "config", None), "_name_or_path", None), getattr(tokenizer, "name_or_path", None)]
+    return [n for n in names if isinstance(n, str) and n]
+
+
+def redact_saved_names(folder: Path, names: list[str]) -> None:
+    """Rewrite a token in the base model's path to its redacted form in the files that name the base.
+
+    Done after saving, not by renaming the base in memory: peft reads the real path while it saves
+    (to check the vocabulary), and a later merge in this process still needs it.
+    """
+    pairs = {name: redact(name) for name in names if redact(name) != name}
+    if not pairs:
+        return
+    for file in (Path(folder) / name for name in _NAMED_FILES):
+        if not file.is_file():
+            continue
+        text = original = file.read_text(encoding="utf-8")
+        for raw, redacted in sorted(pairs.items(), key=lambda item: -len(item[0])):
+            for ascii_only in (True, False):  # as written into JSON, then verbatim
+                text = text.replace(json.dumps(raw, ensure_ascii=ascii_only)[1:-1],
+                                    json.dumps(redacted, ensure_ascii=ascii_only)[1:-1])
+            text = text.replace(raw, redacted)
+        if file.suffix == ".md":  # the card's YAML may quote the name its own way
+            text = redact(text)
+        if text != original:
+            file.write_text(text, encoding="utf-8")

@@ -131,7 +131,7 @@ def write_checkpoint(run_dir: Path, state: LoopState, *, run_id: str, config: di
 
     target = Path(run_dir) / step_dir_name(step)
     try:
-        saved = write_dir_atomically(target, write)
+        saved = write_dir_atomically(target, write, private=False)  # the run's own folder: one writer
     except BackpropagateError as err:
         if err.code != "STATE_WRITE_FAILED":
             raise

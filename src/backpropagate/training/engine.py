@@ -44,6 +44,24 @@ class LoopConfig:
     chunked_loss: bool = True  # logits a chunk at a time (training.chunked_loss); one-process runs only
 
 
+def _nothing_to_learn(samples: Sequence[TokenizedSample], max_seq_length: int) -> BackpropagateError:
+    """No packed row keeps a trained token: say whether the rows are cut too short or have none at all.
+
+    A label at index i is the target of position i - 1, so it survives truncation to i + 1 tokens.
+    """
+    firsts = [next(i for i, x in enumerate(s.labels) if i >= 1 and x != IGNORE_INDEX) for s in samples
+              if any(x != IGNORE_INDEX for x in s.labels[1:])]
+    if not firsts:
+        return BackpropagateError("INPUT_DATASET_EMPTY", "no sample has a token to learn (every label is masked).",
+                                  hint="With train_on_responses, each sample needs a non-empty assistant turn.")
+    need = min(firsts) + 1
+    return BackpropagateError(
+        "INPUT_SEQUENCE_TOO_SHORT",
+        f"max_seq_length={max_seq_length} cuts every sample before its first trained token (the earliest is "
+        f"token {need - 1}, after the prompt and template), so nothing would be learned.",
+        hint=f"Use max_seq_length of at least {need} (better, the length of a whole sample), or shorter prompts.")
+
+
 class DataStream:
     """Packed rows in a seeded order, epoch after epoch; each epoch is re-shuffled with ``seed + epoch``.
 
@@ -64,6 +82,8 @@ class DataStream:
         self._rows = self._plan(0)
         if not self._rows:
             raise BackpropagateError("INPUT_DATASET_EMPTY", "no sample has any tokens to train on.")
+        if not any(t != IGNORE_INDEX for row in self._rows for t in row.targets):
+            raise _nothing_to_learn(samples, max_seq_length)
 
     def _plan(self, epoch: int) -> list[PackedRow]:
         plan = pack(self.samples, self.max_seq_length, packing=self.packing,

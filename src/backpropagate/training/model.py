@@ -69,11 +69,11 @@ def load_model(settings: ModelSettings, device: torch.device, dtype: torch.dtype
 def _load_error(name: str, exc: Exception) -> BackpropagateError:
     expanded = Path(name).expanduser()
     if _looks_like_path(name) and not expanded.exists():
-        return BackpropagateError("DEP_MODEL_LOAD_FAILED", f"model folder {name!r} does not exist.",
+        return BackpropagateError("DEP_MODEL_LOAD_FAILED", f"model folder {redact(name)!r} does not exist.",
                                   hint="Check the path, or pass a hub id such as Qwen/Qwen2.5-7B-Instruct.",
                                   retryable=False)
     detail = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-    return BackpropagateError("DEP_MODEL_LOAD_FAILED", f"could not load model {name!r}: {detail[:300]}")
+    return BackpropagateError("DEP_MODEL_LOAD_FAILED", f"could not load model {redact(name)!r}: {detail[:300]}")
 
 
 def apply_lora(model: Any, lora: LoraSettings, seed: int) -> Any:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import TRAINER_ARGS
 from ..errors import BackpropagateError
+from ..logs import redact_tree
 from ..runs.store import RunRecord, RunStore
 from .checkpoints import CheckpointRef, list_checkpoints, quarantine, stale_partials, verify_checkpoint
 
@@ -34,14 +35,21 @@ def pick_run(store: RunStore, resume: str | bool) -> RunRecord | None:
 
 def run_config(settings: Any, *, steps: int, data_path: str | None, fingerprint: str, format: str | None,
                text_column: str | None, curriculum: bool = False) -> dict[str, Any]:
-    """What a run is, as stored in its history row and checkpoints: settings, steps and the data."""
-    return {**settings.model_dump(mode="json"), "steps": steps,
-            "dataset": {"path": data_path, "fingerprint": fingerprint, "format": format,
-                        "text_column": text_column, "curriculum": curriculum}}
+    """What a run is, as stored in its history row and checkpoints: settings, steps and the data.
+
+    Redacted, so a token in the model's path (or any other setting) never reaches a file.
+    """
+    return redact_tree({**settings.model_dump(mode="json"), "steps": steps,
+                        "dataset": {"path": data_path, "fingerprint": fingerprint, "format": format,
+                                    "text_column": text_column, "curriculum": curriculum}})
 
 
 def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Names of what differs between two run configs (Trainer argument names, steps, dataset...)."""
+    """Names of what differs between two run configs (Trainer argument names, steps, dataset...).
+
+    Both are compared redacted: a run recorded before paths were redacted still matches its own settings.
+    """
+    stored, current = redact_tree(stored), redact_tree(current)
     diffs = []
     for arg, (group, name) in TRAINER_ARGS.items():
         if arg in OPERATIONAL or name not in stored.get(group, {}) or name not in current.get(group, {}):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackpropagateError, invalid_value
-from ..logs import redact
+from ..logs import is_redacted, redact
 from ..runs.store import RunRecord, RunStore
 from .checkpoints import (
     LoadedCheckpoint,
@@ -27,7 +27,9 @@ from .checkpoints import (
 )
 from .engine import FaultHook, LoopHooks, LoopState
 from .guards import OomRecovery, ThermalGuard
+from .output_lock import OutputLock
 from .resume import choose_checkpoint, config_differences, pick_run, run_config
+from .stop import StopRequested, StopSignal
 
 DEFAULT_STEPS = 100
 
@@ -51,7 +53,9 @@ class RunSession:
         self.differences: list[str] = []
         self.guard: ThermalGuard | None = None
         self.begun = False
+        self.lock: OutputLock | None = None  # the output folder's lock, taken when training begins
         self._last_saved = -1
+        self._stop: StopSignal | None = None
         self._started = time.perf_counter()
 
     # ---- before the model loads ------------------------------------------------------------
@@ -72,6 +76,12 @@ class RunSession:
             if not record.dataset_path:
                 raise invalid_value("data", None, f"the dataset: run {record.run_id[:8]} was trained on an "
                                     "in-memory dataset, pass it again")
+            if is_redacted(record.dataset_path):
+                raise BackpropagateError(
+                    "INPUT_RECORDED_PATH_REDACTED", f"run {record.run_id[:8]} was trained on a dataset whose path "
+                    f"held a credential; its history keeps only {record.dataset_path!r}.",
+                    hint=f"Pass the dataset again: `backprop resume {record.run_id[:8]} --data <file>` "
+                         "(or data=... to train); its content must be the run's own.")
             data = record.dataset_path
         return cls(store, record.run_id, record, data=data, steps=steps or record.steps,
                    format=format if format is not None else saved.get("format"),
@@ -127,10 +137,12 @@ class RunSession:
         """Write the history row (new run) or mark the run running again (resume)."""
         self.config["batch_size_resolved"] = batch_size
         history = list(self.checkpoint.trainer_state["loss_history"]) if self.checkpoint else []
+        if self.main:
+            self.lock = OutputLock.acquire(self.store.path.parent)
         if not self.main:
             pass
         elif self.record is None:
-            self.store.start(run_id=self.run_id, model=model_name, dataset_path=_data_path(self.data),
+            self.store.start(run_id=self.run_id, model=redact(model_name), dataset_path=_data_path(self.data),
                              dataset_hash=self.config["dataset"]["fingerprint"], config=self.config,
                              steps=self.steps)
         else:
@@ -141,12 +153,12 @@ class RunSession:
         self._started = time.perf_counter()
 
     def loop_hooks(self, model: Any, *, callback: Any, log: Any, fault_hook: FaultHook | None = None,
-                   thermal_guard: ThermalGuard | None = None) -> LoopHooks:
-        """Hooks for ``train_loop``: restore, checkpoint + thermal check after each step, OOM policy."""
+                   thermal_guard: ThermalGuard | None = None, stop: StopSignal | None = None) -> LoopHooks:
+        """Hooks for ``train_loop``: restore, checkpoint + thermal and stop checks after each step, OOM policy."""
         training = self.settings.training
         device = next(model.parameters()).device
         self.guard = thermal_guard or ThermalGuard.from_settings(training, device if self.main else None)
-        self._callback, self._log, self._fault = callback, log, fault_hook
+        self._callback, self._log, self._fault, self._stop = callback, log, fault_hook, stop
         log.info("guards", oom_recovery=training.oom_recovery, thermal_guard=self.guard.status,
                  save_steps=training.save_steps, keep_checkpoints=training.keep_checkpoints)
 
@@ -166,9 +178,19 @@ class RunSession:
         save_steps = self.settings.training.save_steps
         if (save_steps and state.step % save_steps == 0) or state.step == state.steps_total:
             self.save_checkpoint(state)
+        sharded = state.parallel is not None and state.parallel.sharded
         if self.guard is not None:  # rank 0 alone reads the sensor, so it cannot start a sharded gather
-            sharded = state.parallel is not None and state.parallel.sharded
             self.guard.check(state.step, (lambda: None) if sharded else lambda: self.save_checkpoint(state), self._log)
+        if self._stop is not None and self._stop.requested and state.step < state.steps_total:
+            if not sharded:
+                self.save_checkpoint(state)
+            self._log.warning("run_stopping", step=state.step, reason=self._stop.reason)
+            raise StopRequested(f"stopped after step {state.step}: {self._stop.reason}")
+
+    @property
+    def last_checkpoint_step(self) -> int | None:
+        """The step of the newest checkpoint this run wrote or resumed from (None before the first)."""
+        return self._last_saved if self._last_saved > 0 else None
 
     def save_checkpoint(self, state: LoopState) -> Path | None:
         """Checkpoint the loop after ``state.step`` (once per step), prune old ones, update the history.
@@ -200,12 +222,20 @@ class RunSession:
         self._callback.fire("on_save", str(path))
         return path
 
+    @property
+    def owns_output(self) -> bool:
+        """Whether this run holds the output folder's lock, and so saves to its fixed ``lora``/``model`` name."""
+        return self.lock is None or self.lock.owned
+
     # ---- the end ---------------------------------------------------------------------------
     def complete(self, run: Any) -> None:
         if not self.main:
             return
         self.store.finish(self.run_id, "completed", completed_steps=run.steps, loss_history=run.loss_history,
                           output_path=run.output_path)
+        if self.owns_output:  # earlier runs no longer claim the adapter this one replaced
+            self.store.mark_replaced(run.output_path, by=self.run_id)
+        self.release()
         seconds = run.duration_seconds
         self.store.set_details(self.run_id, {
             "tokens_trained": run.tokens_trained, "samples_seen": run.samples_seen, "duration_seconds": seconds,
@@ -213,6 +243,7 @@ class RunSession:
 
     def fail(self, exc: BaseException, log: Any = None) -> None:
         """Close the history row of a run that stopped early; never masks the original error."""
+        self.release()
         if not self.begun or not self.main:
             return
         status = "failed" if isinstance(exc, Exception) else "interrupted"
@@ -225,9 +256,18 @@ class RunSession:
                 log.warning("history_not_updated", error=getattr(err, "code", type(err).__name__))
 
 
+    def release(self) -> None:
+        """Give the output folder back to the next run."""
+        if self.lock is not None:
+            self.lock.release()
+
+
 def _data_path(data: Any) -> str | None:
-    """How the history remembers the data: an absolute path, a hub name, or None for in-memory data."""
+    """How the history remembers the data: an absolute path, a hub name, or None for in-memory data.
+
+    Redacted: a token in the path never reaches runs.db, checkpoints or model cards.
+    """
     if isinstance(data, str | Path):
         path = Path(data).expanduser()
-        return str(path.resolve()) if path.exists() else str(data)
+        return redact(str(path.resolve()) if path.exists() else str(data))
     return None

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BackpropagateError
-from ..training.guards import ThermalGuard
 
-__all__ = ["JobContext", "JobRunner", "JobState", "StopGuard", "StopRequested", "error_text"]
+__all__ = ["JobContext", "JobRunner", "JobState", "StopRequested", "error_text"]
 
 MAX_LOG_LINES = 200
 
@@ -81,6 +80,10 @@ class JobContext:
         if self.stop_requested:
             raise StopRequested("stopped from the UI")
 
+    def on_stop(self, stop: Callable[[], Any]) -> None:
+        """Call ``stop()`` when the page's Stop is pressed (at once if it already was): ``trainer.stop``."""
+        self._runner.add_stop_handler(stop)
+
     def on_log(self, metrics: dict[str, Any]) -> None:
         """A TrainingCallback ``on_log`` hook: records one step."""
         keep = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
@@ -100,32 +103,6 @@ class JobContext:
             self._runner._state.result.update(values)
 
 
-class StopGuard(ThermalGuard):
-    """The run's thermal guard plus the UI's Stop button: between steps, checkpoint and stop when asked."""
-
-    def __init__(self, ctx: JobContext, inner: ThermalGuard) -> None:
-        super().__init__(inner.read_temperature, pause_at=inner.pause_at, resume_below=inner.resume_below,
-                         critical_at=inner.critical_at, poll_seconds=inner.poll_seconds, sleep=inner.sleep,
-                         clock=inner.clock, off_reason=inner.off_reason)
-        self.ctx = ctx
-
-    @classmethod
-    def for_trainer(cls, ctx: JobContext, trainer: Any) -> StopGuard:
-        """Wrap the guard the trainer would build itself (NVML on a GPU, off on the CPU)."""
-        import torch
-
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(ctx, ThermalGuard.from_settings(trainer.settings.training, device))
-
-    def check(self, step: int, on_hot: Callable[[], Any], log: Any = None) -> float:
-        paused = super().check(step, on_hot, log)
-        if self.ctx.stop_requested:
-            on_hot()  # the checkpoint, so the run resumes from this step
-            self.ctx.say(f"stopped after step {step}; checkpoint written, the run can be resumed")
-            raise StopRequested(f"stopped from the UI after step {step}")
-        return paused
-
-
 class JobRunner:
     """Runs at most one job at a time in a daemon thread; thread-safe snapshots for the page."""
 
@@ -133,6 +110,7 @@ class JobRunner:
         self._lock = threading.Lock()
         self._state = JobState()
         self._stop = threading.Event()
+        self._stop_handlers: list[Callable[[], Any]] = []  # what Stop calls in the running job (trainer.stop)
         self._thread: threading.Thread | None = None
 
     def snapshot(self) -> JobState:
@@ -154,6 +132,7 @@ class JobRunner:
                     f"a {current.kind} job is already running in this UI ({current.title}); only one job runs "
                     "at a time.", hint="Wait for it to finish, or press Stop on its page first.")
             self._stop.clear()
+            self._stop_handlers = []
             self._state = JobState(kind=kind, status="running", title=title, started_at=time.time())
             ctx = JobContext(self)
             self._thread = threading.Thread(target=self._run, args=(fn, ctx), name=f"ui-job-{kind}", daemon=True)
@@ -180,8 +159,17 @@ class JobRunner:
             if not self._state.running:
                 return False
             self._state.status = "stopping"
+            handlers = list(self._stop_handlers)
         self._stop.set()
+        for handler in handlers:
+            handler()
         return True
+
+    def add_stop_handler(self, stop: Callable[[], Any]) -> None:
+        with self._lock:
+            self._stop_handlers.append(stop)
+        if self._stop.is_set():
+            stop()
 
     def wait(self, timeout: float | None = None) -> JobState:
         """Block until the current job ends (for tests and the CLI); returns its final state."""

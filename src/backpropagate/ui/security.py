@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path, PureWindowsPath
 
-from ..atomic import SYSTEM_DIRS
+from ..atomic import SYSTEM_DIRS, check_output_location
 from ..errors import BackpropagateError
 
 DEFAULT_SANDBOX = "~/.backpropagate/ui-outputs"
@@ -78,9 +78,10 @@ def sandbox_root(setting: str | os.PathLike[str] | None = None) -> Path:
         lowered = raw.replace("\\", "/").rstrip("/").lower()
         if lowered.endswith(":") or any(lowered == d or lowered.startswith(d + "/") for d in _WINDOWS_DIRS):
             raise _forbidden(raw)
-    root = Path(raw).expanduser().resolve()
-    if root == Path(root.anchor):
-        raise _forbidden(raw)
+    try:  # the rule every output follows (atomic.check_output_location), then the UI's stricter extras
+        root = check_output_location(raw, "the UI sandbox", holds_outputs=True)
+    except BackpropagateError as exc:
+        raise _forbidden(raw) from exc
     home = Path("~").expanduser().resolve()
     for place in _forbidden_places():
         if _is_within(root, place):

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_file_atomically
 from ..errors import BackpropagateError, invalid_value
-from .jobs import JobContext, JobRunner, StopGuard, StopRequested
+from .jobs import JobContext, JobRunner, StopRequested
 from .security import MAX_UPLOAD_BYTES, check_upload_size, resolve_inside, safe_upload_name, sandbox_root
 
 __all__ = ["METHODS", "Workspace"]
@@ -124,9 +125,7 @@ class Workspace:
             target = folder / f"{stem}-{n}{suffix}"
             n += 1
         if not target.exists():
-            tmp = target.with_name(target.name + ".partial")
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
+            write_file_atomically(target, lambda partial: shutil.copyfile(source, partial))
         return self.relative(target)
 
     # ---- dataset page ----------------------------------------------------------------------------
@@ -212,12 +211,8 @@ class Workspace:
 
         def job(ctx: JobContext) -> dict[str, Any]:
             ctx.say(f"training {trainer.settings.model.name} on {self.relative(data)} for {steps} steps")
-            try:
-                run = trainer.train(str(data), steps=steps, callback=TrainingCallback(on_log=ctx.on_log),
-                                    thermal_guard=StopGuard.for_trainer(ctx, trainer))
-            except StopRequested:
-                self._note_stopped(ctx, output)
-                raise
+            run = self._train_stoppable(ctx, trainer, output, str(data), steps=steps,
+                                        callback=TrainingCallback(on_log=ctx.on_log))
             self._trained = (trainer, run.run_id)
             ctx.say(f"run {run.run_id[:8]} completed: final loss {run.final_loss:.4f}")
             return {"run_id": run.run_id, "final_loss": run.final_loss, "output": self.relative(Path(run.output_path))}
@@ -256,6 +251,18 @@ class Workspace:
 
         self.runner.start("multi-run", f"{len(paths)} dataset(s), {steps} steps per run", job)
         return self.relative(output)
+
+    def _train_stoppable(self, ctx: JobContext, trainer: Any, output: Path, *args: Any, **kwargs: Any) -> Any:
+        """``trainer.train`` with the page's Stop wired to ``trainer.stop()``: a checkpoint, then ``stopped``."""
+        from ..training.stop import RunInterrupted
+
+        ctx.on_stop(lambda: trainer.stop("Stop pressed in the UI"))
+        try:
+            return trainer.train(*args, **kwargs)
+        except RunInterrupted as exc:
+            ctx.set_result(run_id=exc.run_id, output=self.relative(output))
+            ctx.say(f"stopped: {exc.message}")
+            raise StopRequested(exc.message) from exc
 
     def _note_stopped(self, ctx: JobContext, output: Path) -> None:
         from .. import runs
@@ -321,8 +328,7 @@ class Workspace:
                 self._trained = (trainer, result.run_id)
                 return {"run_id": result.run_id, "forgetting": result.report.to_text(),
                         "heatmap": result.forgetting_png}
-            run = trainer.train(resume=record.run_id, callback=callback,
-                                thermal_guard=StopGuard.for_trainer(ctx, trainer))
+            run = self._train_stoppable(ctx, trainer, output, resume=record.run_id, callback=callback)
             self._trained = (trainer, run.run_id)
             return {"run_id": run.run_id, "final_loss": run.final_loss}
 
