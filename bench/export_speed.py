@@ -62,6 +62,7 @@ def convert_naive(model_dir: Path, output: Path) -> None:
 
     from backpropagate.export import gguf_writer as gw
     from backpropagate.export.gguf_arch import add_hparams, arch_spec, extra_tensors, read_hparams
+    from backpropagate.export.gguf_families import text_config
     from backpropagate.export.gguf_tokenizer import add_vocab, read_vocab
 
     config = gw.load_config(model_dir)
@@ -69,21 +70,21 @@ def convert_naive(model_dir: Path, output: Path) -> None:
     hp = read_hparams(config, spec)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     vocab = read_vocab(model_dir, tokenizer, hp.n_vocab)
-    files = gw._safetensors_files(model_dir)
+    files = gw.safetensors_files(model_dir)
     extra = extra_tensors(hp, config)
-    planned = gw._plan(files, hp, spec, extra, "f16", [])
+    planned = gw.plan_tensors(files, hp, spec, extra, "f16", [])
     state: dict[str, Any] = {}
     for file in sorted(set(files.values())):
         state.update(load_file(file))
     writer = gguf.GGUFWriter(path=output, arch=spec.gguf_arch)
     writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(gw.model_name(model_dir.name, tokenizer))
+    writer.add_name(gw.model_name(model_dir.name, vocab))
     writer.add_file_type(gw.file_type("f16"))
     add_hparams(writer, spec, hp, config)
     add_vocab(writer, vocab)
     for item in planned:
         data = state.pop(item.hf_name).float().numpy() if item.hf_name is not None else extra[item.gguf_name]
-        converted = gw._convert(item, data, spec, hp)
+        converted = gw.convert_tensor(item, data, spec, hp, text_config(config))
         assert converted.dtype != np.uint8, "only float output types are handled here"
         writer.add_tensor(item.gguf_name, converted)
     writer.write_header_to_file()

@@ -153,7 +153,7 @@ def run_ours(prep: Prepared, steps: int, work: Path) -> dict[str, Any]:
                       save_steps=0, lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                       target_modules=LORA["target_modules"], learning_rate=LR, warmup_ratio=WARMUP_RATIO,
                       **quiet)
-    trainer._load()  # load before train() so the meter can hook the model (bench only)
+    trainer.load()  # load before train() so the meter can hook the model
     untrained = heldout_loss(trainer.model, prep.heldout)
     meter = Meter(prep.tokenizer.pad_token_id)
     meter.attach(trainer.model)

@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from backpropagate.config import DEFAULT_MODEL, TRAINER_ARGS, resolve_settings
+from backpropagate.config import DEFAULT_MODEL, OPTION_DOCS, TRAINER_ARGS, resolve_settings
 from backpropagate.errors import CATALOG, BackpropagateError
 from backpropagate.logs import bound_run, configure, get_logger, redact
-from backpropagate.option_docs import OPTION_DOCS
 
 
 def test_defaults_match_the_parameter_table() -> None:

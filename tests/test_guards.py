@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from backpropagate import BackpropagateError, Trainer, TrainingCallback, runs
+from backpropagate import BackpropagateError, RunControls, Trainer, TrainingCallback, runs
 from backpropagate.config import resolve_settings
 from backpropagate.demo import quickstart_path
 from backpropagate.training.checkpoints import list_checkpoints, run_checkpoint_dir, verify_checkpoint
@@ -53,7 +53,7 @@ def test_oom_at_steps_3_and_5_halves_twice_and_matches_the_small_batch_run(
     cb = TrainingCallback(on_log=lambda m: seen.append((m["step"], m["batch_size"], m["gradient_accumulation"])))
     hook = oom_at(3, 5)
     run = Trainer(str(tiny_llama), output_dir=tmp_path / "oom", batch_size=4, gradient_accumulation=1,
-                  **NO_DROPOUT).train(DATA, steps=6, callback=cb, fault_hook=hook)
+                  **NO_DROPOUT).train(DATA, steps=6, callback=cb, controls=RunControls(fault=hook))
     logs = capsys.readouterr().err
 
     assert run.steps == 6 and len(run.loss_history) == 6
@@ -78,7 +78,7 @@ def test_oom_at_steps_3_and_5_halves_twice_and_matches_the_small_batch_run(
 def test_oom_recovery_off_fails_on_the_first_oom(tiny_llama: Path, tmp_path: Path) -> None:
     trainer = Trainer(str(tiny_llama), output_dir=tmp_path, oom_recovery=False, save_steps=1, **SMALL)
     with pytest.raises(BackpropagateError) as info:
-        trainer.train(DATA, steps=3, fault_hook=oom_at(2, error=RuntimeError))
+        trainer.train(DATA, steps=3, controls=RunControls(fault=oom_at(2, error=RuntimeError)))
     assert info.value.code == "RUNTIME_GPU_OOM" and "step 2" in info.value.message
     record = runs.list(tmp_path)[0]
     assert record.status == "failed" and record.error_code == "RUNTIME_GPU_OOM" and record.completed_steps == 1
@@ -94,7 +94,7 @@ def test_oom_at_one_row_is_retried_three_times_then_exhausted(tiny_llama: Path, 
 
     trainer = Trainer(str(tiny_llama), output_dir=tmp_path, save_steps=1, **SMALL)
     with pytest.raises(BackpropagateError) as info:
-        trainer.train(DATA, steps=3, fault_hook=always)
+        trainer.train(DATA, steps=3, controls=RunControls(fault=always))
     assert info.value.code == "RUNTIME_OOM_RECOVERY_EXHAUSTED"
     assert len(calls) == 1 + 1 + 3  # batch 2, then batch 1, then 3 retries at batch 1
     record = runs.list(tmp_path)[0]
@@ -127,7 +127,7 @@ def test_hot_gpu_checkpoints_pauses_until_cool_then_continues_unchanged(
     cb = TrainingCallback(on_step=lambda s, loss: events.append(f"step {s}"),
                           on_save=lambda path: events.append(f"save {Path(path).name}"))
     run = Trainer(str(tiny_llama), output_dir=tmp_path / "hot", save_steps=0, **SMALL).train(
-        DATA, steps=4, callback=cb, thermal_guard=guard(sensor, sleeps))
+        DATA, steps=4, callback=cb, controls=RunControls(temperature=guard(sensor, sleeps)))
     logs = capsys.readouterr().err
     assert sleeps == [30, 30, 30]
     assert events[:4] == ["step 1", "step 2", "save step-000002", "step 3"]  # checkpoint before the pause
@@ -141,7 +141,7 @@ def test_emergency_temperature_checkpoints_and_stops_then_resumes(tiny_llama: Pa
     sleeps: list[float] = []
     trainer = Trainer(str(tiny_llama), output_dir=tmp_path, save_steps=0, **SMALL)
     with pytest.raises(BackpropagateError) as info:
-        trainer.train(DATA, steps=5, thermal_guard=guard(FakeSensor(60, 60, 97), sleeps))
+        trainer.train(DATA, steps=5, controls=RunControls(temperature=guard(FakeSensor(60, 60, 97), sleeps)))
     assert info.value.code == "RUNTIME_GPU_TEMPERATURE_CRITICAL" and "97" in info.value.message
     assert sleeps == []
     record = runs.list(tmp_path)[0]
@@ -155,7 +155,7 @@ def test_emergency_temperature_checkpoints_and_stops_then_resumes(tiny_llama: Pa
     assert info.value.code == "RUNTIME_GPU_TEMPERATURE_CRITICAL" and sleeps == [30]
 
     resumed = Trainer.from_run(record.run_id, tmp_path).train(
-        resume=record.run_id, thermal_guard=guard(FakeSensor(50), sleeps))
+        resume=record.run_id, controls=RunControls(temperature=guard(FakeSensor(50), sleeps)))
     assert resumed.steps == 5 and runs.get(record.run_id, tmp_path).status == "completed"
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from backpropagate import Trainer, runs
+from backpropagate import RunControls, Trainer, runs
 from backpropagate.errors import BackpropagateError
 
 ARGS = {"lora_r": 4, "lora_alpha": 8, "batch_size": 2, "gradient_accumulation": 1, "max_seq_length": 96,
@@ -110,7 +110,8 @@ def test_a_campaign_killed_in_run_2_resumes_to_the_same_adapter(tiny_llama: Path
 
     out = tmp_path / "out"
     with pytest.raises(Crash):
-        Trainer(str(tiny_llama), output_dir=out, **ARGS).multi_run(identity, fault_hook=crash_in_run_2, **CAMPAIGN)
+        Trainer(str(tiny_llama), output_dir=out, **ARGS).multi_run(
+            identity, controls=RunControls(fault=crash_in_run_2), **CAMPAIGN)
     (interrupted,) = runs.list(out)
     assert interrupted.status == "interrupted" and interrupted.completed_steps == 3
     # Started again the same way, without naming it: the unfinished campaign is found and continued in run 2.
@@ -132,7 +133,8 @@ def test_resume_by_id_refuses_other_settings(tiny_llama: Path, identity: Path, t
             raise Crash
 
     with pytest.raises(Crash):
-        Trainer(str(tiny_llama), output_dir=out, **ARGS).multi_run(identity, fault_hook=crash, **CAMPAIGN)
+        Trainer(str(tiny_llama), output_dir=out, **ARGS).multi_run(
+            identity, controls=RunControls(fault=crash), **CAMPAIGN)
     run_id = runs.list(out)[0].run_id
     with pytest.raises(BackpropagateError) as info:
         Trainer(str(tiny_llama), output_dir=out, **ARGS).multi_run(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from backpropagate import BackpropagateError, Trainer
+from backpropagate import BackpropagateError, RunControls, Trainer
 from backpropagate.demo import quickstart_path
 from backpropagate.logs import configure, get_logger
 from backpropagate.redaction import check_model_id, is_redacted, redact, redact_tree, sensitive_key
@@ -259,7 +259,7 @@ def _failed_run(secret_paths: dict[str, str], out: Path) -> str:
 
     trainer = Trainer(secret_paths["model"], output_dir=out, save_steps=1, **SMALL_ARGS)
     with pytest.raises(BackpropagateError):
-        trainer.train(secret_paths["data"], steps=3, fault_hook=fail_at_step_2)
+        trainer.train(secret_paths["data"], steps=3, controls=RunControls(fault=fail_at_step_2))
     from backpropagate import runs
 
     return runs.list(out)[0].run_id

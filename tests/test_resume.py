@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from backpropagate import BackpropagateError, Trainer, runs
+from backpropagate import BackpropagateError, RunControls, Trainer, runs
 from backpropagate.demo import quickstart_path
 from backpropagate.runs.store import RunStore
 from backpropagate.training.checkpoints import list_checkpoints, run_checkpoint_dir, verify_checkpoint
@@ -54,7 +54,7 @@ def test_disk_full_keeps_the_previous_checkpoint_then_resume_falls_back_past_a_c
     full = OSError(errno.ENOSPC, "No space left on device")
     trainer = Trainer(str(tiny_llama), output_dir=tmp_path, save_steps=2, **SMALL)
     with pytest.raises(BackpropagateError) as info:
-        trainer.train(DATA, steps=STEPS, fault_hook=fail_at("checkpoint", 6, "optimizer.pt", full))
+        trainer.train(DATA, steps=STEPS, controls=RunControls(fault=fail_at("checkpoint", 6, "optimizer.pt", full)))
     err = info.value
     assert err.code == "STATE_WRITE_FAILED" and "disk full" in err.message
     assert "step 4 is intact" in err.message and "backprop resume" in err.hint
@@ -85,7 +85,7 @@ def test_a_run_that_wrote_no_checkpoint_restarts_from_step_zero(
         tiny_llama: Path, tmp_path: Path, reference: tuple[list[float], dict]) -> None:
     trainer = Trainer(str(tiny_llama), output_dir=tmp_path, save_steps=2, **SMALL)
     with pytest.raises(BackpropagateError) as info:
-        trainer.train(DATA, steps=STEPS, fault_hook=fail_at("micro_batch", 1, 1, ValueError("boom")))
+        trainer.train(DATA, steps=STEPS, controls=RunControls(fault=fail_at("micro_batch", 1, 1, ValueError("boom"))))
     assert info.value.code == "RUNTIME_TRAINING_FAILED"
     resumed = Trainer(str(tiny_llama), output_dir=tmp_path, save_steps=2, **SMALL).train(DATA, resume=True)
     assert resumed.loss_history == reference[0]
@@ -98,7 +98,7 @@ def test_a_run_that_wrote_no_checkpoint_restarts_from_step_zero(
 def test_resume_refuses_other_data_or_settings_unless_forced(tiny_llama: Path, tmp_path: Path) -> None:
     trainer = Trainer(str(tiny_llama), output_dir=tmp_path, save_steps=1, **SMALL)
     with pytest.raises(BackpropagateError):
-        trainer.train(DATA, steps=4, fault_hook=fail_at("micro_batch", 3, 0, ValueError("boom")))
+        trainer.train(DATA, steps=4, controls=RunControls(fault=fail_at("micro_batch", 3, 0, ValueError("boom"))))
     run_id = runs.list(tmp_path)[0].run_id
 
     changed = tmp_path / "changed.jsonl"
@@ -122,7 +122,7 @@ def test_resume_refuses_other_data_or_settings_unless_forced(tiny_llama: Path, t
 def test_deleted_checkpoints_unknown_running_and_finished_runs(tiny_llama: Path, tmp_path: Path) -> None:
     trainer = Trainer(str(tiny_llama), output_dir=tmp_path, save_steps=1, **SMALL)
     with pytest.raises(BackpropagateError):
-        trainer.train(DATA, steps=3, fault_hook=fail_at("micro_batch", 3, 0, ValueError("boom")))
+        trainer.train(DATA, steps=3, controls=RunControls(fault=fail_at("micro_batch", 3, 0, ValueError("boom"))))
     record = runs.list(tmp_path)[0]
     assert record.status == "failed" and len(record.checkpoints) == 2
     shutil.rmtree(run_checkpoint_dir(tmp_path, record.run_id))

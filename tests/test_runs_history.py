@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from backpropagate import Trainer, runs
+from backpropagate import RunControls, Trainer, runs
 from backpropagate.demo import quickstart_path
 from backpropagate.errors import BackpropagateError
 
@@ -35,7 +35,7 @@ def recorded(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
             raise RuntimeError("injected failure")
 
     with pytest.raises(BackpropagateError):
-        Trainer(str(tiny_llama), output_dir=first, **ARGS).train(data, steps=4, fault_hook=fail_at_step_2)
+        Trainer(str(tiny_llama), output_dir=first, **ARGS).train(data, steps=4, controls=RunControls(fault=fail_at_step_2))
     failed = runs.list(first)[0]
     return {"first": first, "second": second, "a": a, "b": b, "c": c, "failed": failed}
 

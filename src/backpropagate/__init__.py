@@ -21,17 +21,18 @@ _EXPORTS = {
     "BackpropagateError": "backpropagate.errors",
     "Settings": "backpropagate.config",
     "RunInterrupted": "backpropagate.training.stop",
+    "RunControls": "backpropagate.training.stop",
 }
 
-__all__ = ["BackpropagateError", "RunInterrupted", "Settings", "Trainer", "TrainingCallback", "TrainingRun",
-           "__version__"]
+__all__ = ["BackpropagateError", "RunControls", "RunInterrupted", "Settings", "Trainer", "TrainingCallback",
+           "TrainingRun", "__version__"]
 
 if TYPE_CHECKING:
     from .config import Settings
     from .errors import BackpropagateError
     from .trainer import Trainer
     from .training.callbacks import TrainingCallback, TrainingRun
-    from .training.stop import RunInterrupted
+    from .training.stop import RunControls, RunInterrupted
 
 
 def __getattr__(name: str) -> Any:

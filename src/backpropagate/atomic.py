@@ -217,7 +217,7 @@ def atomic_file(target: Path) -> Iterator[Path]:
         os.replace(partial, target)
 
 
-def write_file_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+def write_file_atomically(target: Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(partial)`` and move the result onto ``target`` only when it completed."""
     with atomic_file(target) as partial:
         write(partial)

@@ -1,8 +1,10 @@
 """Typed configuration: defaults, ``BACKPROPAGATE_`` environment overrides, and Trainer arguments.
 
 Precedence is: explicit ``Trainer(...)``/CLI argument > environment variable > LoRA preset > default.
-Nested groups use ``__`` in environment names (``BACKPROPAGATE_LORA__R=8``). Every field's description is the
-documentation of that option; the README's tables are generated from the same text.
+Nested groups use ``__`` in environment names (``BACKPROPAGATE_LORA__R=8``). Each Trainer option is declared
+once, here, by its field (``option(...)``): its description is the option's documentation, and the CLI flags
+(``cli.options``), the README tables (``python -m backpropagate.option_table --write README.md``) and the
+settings a resume may change are all read from the fields.
 """
 
 from __future__ import annotations
@@ -22,15 +24,26 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import COUNT_MAX, BackpropagateError
-from .option_docs import OPTION_DOCS
 from .presets import BASE_LEARNING_RATE, LORA_PRESETS, resolve_model_name
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 FINITE = ConfigDict(allow_inf_nan=False)  # inf / nan are refused like any other out-of-range value
 
 
-def _doc(option: str) -> str:
-    return OPTION_DOCS[option]
+def option(default: Any, description: str, *, flags: tuple[str, ...] = (), arg: str | None = None,
+           changes_training: bool = True, campaign: bool = True, **constraints: Any) -> Any:
+    """A settings field that is also a Trainer argument and a CLI flag: the one place the option is declared.
+
+    ``description`` is its documentation (CLI help, README); ``flags`` replace the flag derived from the name
+    (``--lora-r``, ``--packing/--no-packing``); ``arg`` is the Trainer argument when it is not the field's
+    name; ``changes_training=False`` lets a resume change it; ``campaign=False`` keeps it off ``multi-run``.
+    """
+    extra: dict[str, Any] = {"changes_training": changes_training, "campaign": campaign}
+    if flags:
+        extra["cli"] = list(flags)
+    if arg:
+        extra["arg"] = arg
+    return Field(default, description=description, json_schema_extra=extra, **constraints)
 
 
 class ModelSettings(BaseModel):
@@ -38,11 +51,18 @@ class ModelSettings(BaseModel):
 
     model_config = FINITE
 
-    name: str = Field(DEFAULT_MODEL, description=_doc("model"))
-    trust_remote_code: bool = Field(False, description=_doc("trust_remote_code"))
-    load_in_4bit: bool = Field(False, description=_doc("load_in_4bit"))
-    use_unsloth: bool = Field(True, description=_doc("use_unsloth"))
-    unsloth_fallback: bool = Field(True, description=_doc("unsloth_fallback"))
+    name: str = option(DEFAULT_MODEL, "Hub id, local folder, or a model preset's short name (qwen2.5-7b; "
+                       "`backprop info --presets` lists them).", arg="model", flags=("--model", "-m"))
+    trust_remote_code: bool = option(False, "Run model code shipped in the model repository. Off unless you "
+                                     "trust the repo.")
+    load_in_4bit: bool = option(False, "QLoRA: load the base weights in 4-bit NF4 with double quantization "
+                                "(bitsandbytes, the qlora extra) and train a LoRA adapter on top.",
+                                flags=("--load-in-4bit/--no-4bit",))
+    use_unsloth: bool = option(True, "Load through Unsloth when it is installed and works here (CUDA only).",
+                               flags=("--use-unsloth/--no-unsloth",))
+    unsloth_fallback: bool = option(True, "If Unsloth cannot load (not installed, no CUDA, a broken build), fall "
+                                    "back to transformers + peft and say so once at start-up; False makes that "
+                                    "a hard error.", changes_training=False)
 
 
 class LoraSettings(BaseModel):
@@ -50,13 +70,25 @@ class LoraSettings(BaseModel):
 
     model_config = FINITE
 
-    preset: Literal["quality", "fast"] = Field("quality", description=_doc("lora_preset"))
-    r: int = Field(LORA_PRESETS["quality"].r, gt=0, le=65536, description=_doc("lora_r"))
-    alpha: float = Field(LORA_PRESETS["quality"].alpha, gt=0, description=_doc("lora_alpha"))
-    dropout: float = Field(0.05, ge=0, lt=1, description=_doc("lora_dropout"))
-    target_modules: str | list[str] = Field("all-linear", description=_doc("target_modules"))
-    use_dora: bool = Field(False, description=_doc("use_dora"))
-    init_weights: Literal["default", "pissa", "loftq"] = Field("default", description=_doc("init_lora_weights"))
+    preset: Literal["quality", "fast"] = option(
+        "quality", 'LoRA preset: "quality" (rank 256, alpha 512, all linear layers, learning rate x10) or "fast" '
+        "(rank 16, alpha 32, q_proj+v_proj, base learning rate). Explicit arguments and env vars override its "
+        "values.", arg="lora_preset")
+    r: int = option(LORA_PRESETS["quality"].r, "LoRA rank (> 0); left unset, the LoRA preset's (quality 256, "
+                    "fast 16).", arg="lora_r", gt=0, le=65536)
+    alpha: float = option(LORA_PRESETS["quality"].alpha, "LoRA scaling numerator (> 0); the update is scaled by "
+                          "alpha / r. Left unset, the LoRA preset's (quality 512, fast 32).", arg="lora_alpha", gt=0)
+    dropout: float = option(0.05, "Dropout on the LoRA input, in [0, 1).", arg="lora_dropout", ge=0, lt=1)
+    target_modules: str | list[str] = option(
+        "all-linear", 'Module names to adapt (comma-separated on the command line), or "all-linear" for every '
+        "linear layer except the output head; left unset, the LoRA preset's (quality all-linear, fast "
+        "q_proj,v_proj).")
+    use_dora: bool = option(False, "Train a DoRA adapter (weight-decomposed LoRA: a learned magnitude per "
+                            "output); needs peft >= 0.10.", flags=("--use-dora/--no-dora",))
+    init_weights: Literal["default", "pissa", "loftq"] = option(
+        "default", 'Adapter initialisation: "default" (B = 0), "pissa" (principal singular vectors of the base '
+        'weights; saved as a plain LoRA adapter) or "loftq" (offsets the 4-bit quantization error; needs '
+        "load_in_4bit=True).", arg="init_lora_weights")
 
     @field_validator("target_modules", mode="before")
     @classmethod
@@ -73,33 +105,79 @@ class TrainingSettings(BaseModel):
 
     model_config = FINITE
 
-    mode: Literal["lora", "full"] = Field("lora", description=_doc("mode"))
-    learning_rate: float = Field(BASE_LEARNING_RATE, gt=0, description=_doc("learning_rate"))
-    batch_size: int | Literal["auto"] = Field("auto", description=_doc("batch_size"))
-    gradient_accumulation: int = Field(4, gt=0, le=COUNT_MAX, description=_doc("gradient_accumulation"))
-    max_seq_length: int = Field(2048, gt=0, le=2**24, description=_doc("max_seq_length"))
-    output_dir: Path = Field(Path("./output"), description=_doc("output_dir"))
-    train_on_responses: bool = Field(True, description=_doc("train_on_responses"))
-    packing: bool = Field(True, description=_doc("packing"))
-    chunked_loss: bool | None = Field(None, description=_doc("chunked_loss"))
-    memory_check: Literal["refuse", "warn", "off"] = Field("refuse", description=_doc("memory_check"))
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description=_doc("warmup_ratio"))
-    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description=_doc("lr_scheduler"))
-    weight_decay: float = Field(0.0, ge=0, description=_doc("weight_decay"))
-    max_grad_norm: float = Field(1.0, gt=0, description=_doc("max_grad_norm"))
-    seed: int = Field(42, ge=0, le=2**32 - 1, description=_doc("seed"))
-    optim: str | None = Field(None, description=_doc("optim"))
-    gradient_checkpointing: bool | Literal["auto"] = Field("auto", description=_doc("gradient_checkpointing"))
-    save_steps: int = Field(50, ge=0, le=COUNT_MAX, description=_doc("save_steps"))
-    keep_checkpoints: int = Field(2, ge=1, le=COUNT_MAX, description=_doc("keep_checkpoints"))
-    oom_recovery: bool = Field(True, description=_doc("oom_recovery"))
-    report_to: str | list[str] = Field("auto", description=_doc("report_to"))
-    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field("ddp", description=_doc("strategy"))
-    deepspeed_config: Path | None = Field(None, description=_doc("deepspeed_config"))
-    zero_stage: Literal[0, 1, 2, 3] | None = Field(None, description=_doc("zero_stage"))
-    thermal_pause_celsius: float = Field(85.0, gt=0, description=_doc("thermal_pause_celsius"))
-    thermal_resume_celsius: float = Field(75.0, gt=0, description=_doc("thermal_resume_celsius"))
-    thermal_critical_celsius: float = Field(95.0, gt=0, description=_doc("thermal_critical_celsius"))
+    mode: Literal["lora", "full"] = option(
+        "lora", '"lora" trains an adapter; "full" trains every weight (models up to 4.5 B parameters, the 4 B '
+        "class) and saves a full model folder (<output_dir>/model).", campaign=False)
+    learning_rate: float = option(
+        BASE_LEARNING_RATE, "Peak learning rate (after warm-up). Left unset: 2e-4 times the LoRA preset's factor "
+        '(quality 10x = 2e-3, fast 1x = 2e-4); mode="full" uses 2e-4.', flags=("--learning-rate", "--lr"), gt=0)
+    batch_size: int | Literal["auto"] = option(
+        "auto", 'Packed rows per micro-batch; "auto" picks from VRAM (4 for >= 24 GB, 2 for >= 16 GB, 1 below, '
+        "2 on the CPU).")
+    gradient_accumulation: int = option(
+        4, 'Micro-batches per optimizer step. Left unset with batch_size "auto" on a GPU, raised to keep 16 rows '
+        "per step (8 at batch 2, 16 at batch 1).", gt=0, le=COUNT_MAX)
+    max_seq_length: int = option(2048, "Tokens per packed row; longer samples are truncated (and counted).",
+                                 gt=0, le=2**24)
+    output_dir: Path = option(Path("./output"), "Where the adapter (<output_dir>/lora), checkpoints and the run "
+                              "history (runs.db) go.", flags=("--output", "-o"), changes_training=False)
+    train_on_responses: bool = option(
+        True, "Take the loss on assistant tokens only (and the end-of-turn token that closes them); "
+        "--train-on-all (False) trains on every token.", flags=("--train-on-responses/--train-on-all",))
+    packing: bool = option(True, "Pack several samples into each row without padding; attention never crosses "
+                           "samples. False puts one sample per row.")
+    chunked_loss: bool | None = option(
+        None, "Compute the loss a chunk of tokens at a time (at most 1024 tokens and 32 M logits), so the "
+        "[tokens, vocabulary] fp32 logits never exist whole (same loss and gradients); unset (auto) is on. "
+        "Multi-process runs and unknown architectures use the plain loss.")
+    memory_check: Literal["refuse", "warn", "off"] = option(
+        "refuse", 'On a GPU, before any weight loads: "refuse" stops a run whose memory plan does not fit the '
+        'card (RUNTIME_WILL_NOT_FIT, with the plan\'s suggestions), "warn" logs it and trains anyway, "off" '
+        "skips the check.")
+    warmup_ratio: float = option(0.03, "Share of the steps spent warming the learning rate up, in [0, 1).",
+                                 ge=0, lt=1)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = option(
+        "cosine", "Learning-rate schedule after warm-up: cosine, linear or constant.")
+    weight_decay: float = option(0.0, "AdamW weight decay (>= 0).", ge=0)
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (> 0).", gt=0)
+    seed: int = option(42, "Seed for data order, adapter init and dropout: same seed, same run.", ge=0, le=2**32 - 1)
+    optim: str | None = option(
+        None, 'Optimizer name as in transformers (e.g. "adamw_torch", "paged_adamw_8bit", "adafactor", "sgd"); '
+        "unset picks paged_adamw_8bit on GPUs under 24 GB, adamw_torch_fused on larger ones, adamw_torch on the "
+        "CPU.")
+    gradient_checkpointing: bool | Literal["auto"] = option(
+        "auto", 'Recompute activations in the backward pass to save memory: on, off, or "auto" (on for a GPU, '
+        "off on the CPU).")
+    save_steps: int = option(50, "Write a resumable checkpoint every this many optimizer steps (and always at the "
+                             "end); 0 saves only at the end.", ge=0, le=COUNT_MAX, changes_training=False)
+    keep_checkpoints: int = option(2, "How many of the newest checkpoints of a run to keep (>= 1).", ge=1,
+                                   le=COUNT_MAX, changes_training=False)
+    oom_recovery: bool = option(
+        True, "On a GPU out-of-memory error, halve the micro-batch, double the accumulation (same rows per step) "
+        "and redo the step; False makes the first OOM a RUNTIME_GPU_OOM failure.", changes_training=False)
+    report_to: str | list[str] = option(
+        "auto", 'Experiment trackers: "auto" (each of tensorboard, mlflow, wandb that is installed), "none", or '
+        "names (a list, or comma-separated). Files go to the output directory; W&B without credentials runs "
+        "offline.")
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = option(
+        "ddp", 'How the processes of a multi-process run (--nproc, torchrun, srun) share the model: "ddp" (each '
+        'holds all of it), "fsdp" (PyTorch FSDP: weights, gradients and optimizer state sharded, one decoder '
+        'layer gathered at a time) or "deepspeed" (DeepSpeed ZeRO, the deepspeed extra). One process ignores it.',
+        changes_training=False, campaign=False)
+    deepspeed_config: Path | None = option(
+        None, 'A DeepSpeed JSON config file (implies strategy="deepspeed"); batch sizes and clipping come from '
+        'this run\'s settings ("auto" in the file), and it may not name an optimizer or scheduler.',
+        flags=("--deepspeed-config", "--deepspeed"), changes_training=False, campaign=False)
+    zero_stage: Literal[0, 1, 2, 3] | None = option(
+        None, 'DeepSpeed ZeRO stage (implies strategy="deepspeed"): 2 partitions optimizer state and gradients, '
+        "3 the weights too; overrides the file's; unset means 2.", flags=("--zero-stage", "--zero"),
+        changes_training=False, campaign=False)
+    thermal_pause_celsius: float = option(85.0, "GPU temperature at which training checkpoints and pauses (NVML; "
+                                          "off on the CPU).", gt=0, changes_training=False)
+    thermal_resume_celsius: float = option(75.0, "A paused run continues once the GPU is below this temperature.",
+                                           gt=0, changes_training=False)
+    thermal_critical_celsius: float = option(95.0, "At this GPU temperature training checkpoints and stops "
+                                             "(RUNTIME_GPU_TEMPERATURE_CRITICAL).", gt=0, changes_training=False)
 
     @field_validator("thermal_resume_celsius", "thermal_critical_celsius")
     @classmethod
@@ -163,9 +241,10 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log verbosity.")
-    log_json: bool | None = Field(None, description="JSON logs (True), console logs (False), or auto.")
-    debug: bool = Field(False, description="Show full tracebacks on errors (same as --verbose).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log verbosity: DEBUG, INFO, WARNING or ERROR.")
+    log_json: bool | None = Field(None, description="1 switches logs to JSON lines; unset or 0, console lines.")
+    debug: bool = Field(False, description="1 shows full tracebacks on errors, like --verbose.")
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def source(self, arg: str) -> str:
@@ -173,22 +252,23 @@ class Settings(BaseSettings):
         return self._sources.get(arg, "default")
 
 
-# Trainer/CLI argument name -> (settings group, field). One table, so both shells stay in step.
-TRAINER_ARGS: dict[str, tuple[str, str]] = {
-    "model": ("model", "name"),
-    "trust_remote_code": ("model", "trust_remote_code"),
-    "lora_r": ("lora", "r"),
-    "lora_alpha": ("lora", "alpha"),
-    "lora_dropout": ("lora", "dropout"),
-    "target_modules": ("lora", "target_modules"),
-    "lora_preset": ("lora", "preset"),
-    "use_dora": ("lora", "use_dora"),
-    "init_lora_weights": ("lora", "init_weights"),
-    "load_in_4bit": ("model", "load_in_4bit"),
-    "use_unsloth": ("model", "use_unsloth"),
-    "unsloth_fallback": ("model", "unsloth_fallback"),
-    **{name: ("training", name) for name in TrainingSettings.model_fields},
-}
+OPTION_GROUPS: dict[str, type[BaseModel]] = {"model": ModelSettings, "lora": LoraSettings,
+                                             "training": TrainingSettings}
+
+
+def _option_table() -> dict[str, tuple[str, str]]:
+    """Trainer/CLI argument name -> (settings group, field), read from the fields' ``arg`` metadata."""
+    table = {}
+    for group, model in OPTION_GROUPS.items():
+        for name, info in model.model_fields.items():
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            table[str(extra.get("arg", name))] = (group, name)
+    return table
+
+
+TRAINER_ARGS: dict[str, tuple[str, str]] = _option_table()
+OPTION_DOCS: dict[str, str] = {arg: str(OPTION_GROUPS[group].model_fields[field].description)
+                               for arg, (group, field) in TRAINER_ARGS.items()}
 
 
 def resolve_settings(**overrides: Any) -> Settings:
@@ -219,6 +299,18 @@ def resolve_settings(**overrides: Any) -> Settings:
         raise _config_error(exc, from_env=False) from None
     _apply_lora_preset(settings, sources)
     settings.model.name = resolve_model_name(settings.model.name)
+    settings._sources = sources
+    return settings
+
+
+def default_settings() -> Settings:
+    """What a run gets with no argument and no environment: the field defaults with the LoRA preset applied.
+
+    Documentation (CLI help, README tables) shows these, so the text never depends on the machine's env.
+    """
+    settings = Settings.model_construct(model=ModelSettings(), lora=LoraSettings(), training=TrainingSettings())
+    sources: dict[str, str] = {}
+    _apply_lora_preset(settings, sources)
     settings._sources = sources
     return settings
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from .atomic import check_output_dir, check_output_location, write_dir_atomically
+from .atomic import check_output_dir, check_output_location
 from .config import Settings, resolve_settings
 from .errors import BackpropagateError, check_count
 from .logs import bound_run, configure, get_logger, is_redacted, redact, redact_tree
 from .redaction import check_model_id
 from .training.callbacks import TrainingCallback, TrainingRun
-from .training.stop import RunInterrupted, StopSignal
+from .training.stop import RunControls
+
+if TYPE_CHECKING:
+    from .training.loader import LoadedModel
 
 
 class Trainer:
@@ -79,17 +82,16 @@ class Trainer:
         self.tokenizer: Any = None
         self.last_run: TrainingRun | None = None
         self.backend: str | None = None  # "transformers+peft" or "unsloth", once loaded
-        self._init_adapter_dir: Path | None = None  # PiSSA: the initial adapter, for saving as plain LoRA
-        self._load_notes: list[str] = []  # degradations while loading, for the start-up line
+        self._loaded: LoadedModel | None = None
         self._sharded = False  # after an FSDP / DeepSpeed run this process holds only its share of the weights
         self.hardware: Any = None  # a HardwareFacts to decide for instead of probing this machine (what-ifs, tests)
-        self._stop = StopSignal()
+        self.controls = RunControls()  # the last run's controls: what stop() signals
 
     def stop(self, reason: str = "trainer.stop()") -> None:
         """Stop the running ``train()`` after its current step: it writes a checkpoint, records the run
         ``interrupted`` and raises :class:`~backpropagate.training.stop.RunInterrupted`, whose
         ``resume_command`` finishes it. Safe to call from another thread or a signal handler."""
-        self._stop.request(reason)
+        self.controls.stop.request(reason)
 
     @property
     def output_dir(self) -> Path:
@@ -166,20 +168,20 @@ class Trainer:
         except ImportError:
             return GgufSupport(None, 'the export extra is not installed: pip install "backpropagate[export]"')
 
-    def _load(self, defaults: Any = None) -> None:
-        from .training.loader import load_for_training
+    def load(self, defaults: Any = None) -> LoadedModel:
+        """Load the model and tokenizer to train now (``train()`` does it itself), e.g. to inspect or hook the
+        model first; once loaded it stays."""
+        from .training.run import load_model
 
-        if self.model is not None:
-            return
-        loaded = load_for_training(self.settings, defaults or self.smart_defaults())  # applies the fitted values
-        self.model, self.tokenizer, self.backend = loaded.model, loaded.tokenizer, loaded.backend
-        self._init_adapter_dir = loaded.init_adapter_dir
-        self._load_notes = loaded.notes
+        if self._loaded is None:
+            self._loaded = load_model(self.settings, defaults or self.smart_defaults())  # applies fitted values
+            self.model, self.tokenizer, self.backend = self._loaded.model, self._loaded.tokenizer, self._loaded.backend
+        return self._loaded
 
     def train(self, data: Any = None, steps: int | None = None, *, callback: TrainingCallback | None = None,
-              format: str | None = None, text_column: str | None = None,
-              curriculum: bool = False, resume: str | bool | None = None, force: bool = False,
-              fault_hook: Any = None, thermal_guard: Any = None) -> TrainingRun:
+              format: str | None = None, text_column: str | None = None, curriculum: bool = False,
+              resume: str | bool | None = None, force: bool = False, controls: RunControls | None = None,
+              ) -> TrainingRun:
         """Train for ``steps`` optimizer steps on ``data`` and save the adapter to ``<output_dir>/lora``.
 
         ``data`` is a file path (JSONL, JSON, CSV, Parquet, TXT), a ``save_to_disk`` folder, a hub
@@ -191,127 +193,88 @@ class Trainer:
         (or a unique prefix), or ``True`` for the newest unfinished run in ``output_dir`` (a new run starts
         when there is none). ``data``, ``steps``, ``format``, ``text_column`` and ``curriculum`` then default
         to the run's own; other data or settings are refused (``INPUT_RESUME_MISMATCH``) unless ``force``.
-        ``fault_hook(where, step, detail)`` and ``thermal_guard`` are for tests: the hook runs before each
-        micro-batch (``"micro_batch"``, index) and each checkpoint file (``"checkpoint"``, name) and may
-        raise; ``thermal_guard`` replaces the NVML guard (a ``training.guards.ThermalGuard``).
+        ``controls`` (a ``RunControls``) carries the stop signal ``stop()`` raises, another temperature
+        sensor and fault injection.
         """
-        check_count("steps", steps)
-        self._stop.clear()
-        check_output_dir(self.output_dir)
-        callback = callback or TrainingCallback()
         from .training.parallel import Parallel
-        from .training.session import RunSession
+        from .training.run import announce_rank, open_session, run_failures
 
+        check_count("steps", steps)
+        check_output_dir(self.output_dir)
+        self.controls = controls or self.controls
+        self.controls.stop.clear()
+        callback = callback or TrainingCallback()
         parallel = Parallel.from_env(self.settings.training)  # under torchrun / accelerate launch / srun
-        if parallel is None or parallel.is_main:
-            session = RunSession.open(self.output_dir, resume=resume, data=data, steps=steps, format=format,
-                                      text_column=text_column, curriculum=curriculum)
-        if parallel is not None:
-            shared = parallel.broadcast(session.shared() if parallel.is_main else None)
-            if not parallel.is_main:
-                session = RunSession.follower(self.output_dir, shared, data)
-        run_id = session.run_id
+        session = open_session(self.output_dir, parallel, resume=resume, data=data, steps=steps, format=format,
+                               text_column=text_column, curriculum=curriculum)
         log = get_logger()
-        with bound_run(run_id):
-            if parallel is not None:
-                log.info("rank_started", rank=parallel.rank, world_size=parallel.world_size,
-                         local_rank=parallel.local_rank)
-                if not parallel.is_main:
-                    configure(level="WARNING")  # one log for the run: rank 0's
-            log.info("run_started", run_id=run_id, model=self.settings.model.name, resume=session.resuming)
-            started = time.perf_counter()
-            try:
-                run = self._train(session.data, session.steps, callback, session.format, session.text_column,
-                                  run_id, log, started, curriculum=session.curriculum, session=session,
-                                  force=force, fault_hook=fault_hook, thermal_guard=thermal_guard,
-                                  parallel=parallel)
-            except BaseException as exc:
-                session.fail(exc, log)
-                if isinstance(exc, KeyboardInterrupt) and session.begun and session.main:
-                    interrupted = RunInterrupted(run_id, self.output_dir, session.last_checkpoint_step)
-                    log.warning("run_interrupted", step=interrupted.step, resume=interrupted.resume_command)
-                    raise interrupted from exc
-                if not isinstance(exc, Exception):
-                    raise
-                callback.fire("on_error", exc)
-                log.error("run_failed", error=getattr(exc, "code", type(exc).__name__))
-                if isinstance(exc, BackpropagateError):
-                    raise
-                raise BackpropagateError("RUNTIME_TRAINING_FAILED",
-                                         f"training failed: {type(exc).__name__}: {exc}") from exc
+        with bound_run(session.run_id), run_failures(session, callback, log):
+            announce_rank(parallel, log)
+            log.info("run_started", run_id=session.run_id, model=self.settings.model.name, resume=session.resuming)
+            run = self._run(session, callback, log, force=force, parallel=parallel)
             log.info("run_completed", steps=run.steps, final_loss=round(run.final_loss, 5),
                      output=run.output_path, seconds=round(run.duration_seconds, 1))
         callback.fire("on_complete", run)
         return run
 
-    def _train(self, data: Any, steps: int, callback: TrainingCallback, format: str | None,
-               text_column: str | None, run_id: str, log: Any, started: float,
-               curriculum: bool = False, session: Any = None, force: bool = False, fault_hook: Any = None,
-               thermal_guard: Any = None, parallel: Any = None) -> TrainingRun:
-        from .data import load_examples, tokenize_examples
+    def _run(self, session: Any, callback: TrainingCallback, log: Any, *, force: bool, parallel: Any) -> TrainingRun:
+        """One run, top to bottom: defaults -> data -> resume checks -> model -> loop -> save -> history."""
         from .training.defaults import degradation_knobs, degradation_line
-        from .training.engine import train_loop
+        from .training.run import load_data, loop_config, run_segment, share_checkpoint, training_samples
         from .training.tracking import TrackerHub
 
-        cfg = self.settings.training
-        defaults = self.smart_defaults()
-        log.info("smart_defaults\n" + defaults.table())
-        self._log_gguf_support(log)
-        self._check_memory(defaults, log)
-        loaded = load_examples(data, require_assistant=defaults.train_on_responses, format=format,
-                               text_column=text_column)
-        log.info("dataset_loaded", format=loaded.report.name, rows=loaded.report.total_rows,
-                 reason=loaded.report.reason)
-        session.prepare(self.settings, loaded.fingerprint, force=force, log=log)  # resume checks, cheap
-        if parallel is not None:  # every rank resumes from the checkpoint rank 0 chose
-            chosen = parallel.broadcast(str(session.checkpoint.path) if session.checkpoint else None)
-            if not parallel.is_main:
-                session.adopt_checkpoint(chosen)
-        self._load(defaults)
-        log.info(degradation_line(degradation_knobs(self.settings), self._load_notes), backend=self.backend)
-        samples = tokenize_examples(self.tokenizer, loaded.examples,
-                                    train_on_responses=defaults.train_on_responses)
-        if curriculum:
-            from .data.curriculum import training_order
-
-            order = training_order(data, loaded.examples, [len(s.input_ids) for s in samples])
-            samples = [samples[i] for i in order]
-            log.info("curriculum_order", rows=len(order), first_row=order[0] + 1, last_row=order[-1] + 1)
-        batch_size = defaults.batch_size
-        loop = self._loop_config(defaults, steps=steps, seed=cfg.seed, shuffle=not curriculum)
-        session.begin(model_name=self.settings.model.name, batch_size=batch_size)
+        started, cfg = time.perf_counter(), self.settings.training
+        defaults = self._start_up(log)
+        data = load_data(session, defaults, log)
+        session.prepare(self.settings, data.fingerprint, force=force, log=log)  # resume checks, cheap
+        share_checkpoint(session, parallel)
+        loaded = self.load(defaults)
+        log.info(degradation_line(degradation_knobs(self.settings), loaded.notes), backend=loaded.backend)
+        samples = training_samples(loaded.tokenizer, data, defaults, curriculum=session.curriculum,
+                                   source=session.data, log=log)
+        loop = loop_config(self.settings, defaults, steps=session.steps, seed=cfg.seed, shuffle=not session.curriculum)
+        session.begin(model_name=self.settings.model.name, batch_size=defaults.batch_size)
         target = self._run_target(session, parallel, log)
-        hooks = session.loop_hooks(self.model, callback=callback, log=log, fault_hook=fault_hook,
-                                   thermal_guard=thermal_guard, stop=self._stop)
-        main = parallel is None or parallel.is_main
-        trackers = TrackerHub.open(cfg.report_to, run_id=run_id, output_dir=self.output_dir, config=session.config,
-                                   log=log, main=main)
+        trackers = TrackerHub.open(cfg.report_to, run_id=session.run_id, output_dir=self.output_dir,
+                                   config=session.config, log=log, main=session.main)
         try:
-            result = train_loop(self.model, samples, loop, pad_token_id=self.tokenizer.pad_token_id,
-                                callback=trackers.callback(callback), log=log, hooks=hooks, parallel=parallel)
+            result = run_segment(session, loaded, samples, loop, callback=trackers.callback(callback), log=log,
+                                 controls=self.controls, parallel=parallel)
         except BaseException:
             trackers.finish()
             raise
         trackers.finish({"loss": result.loss_history[-1], "tokens_trained": result.label_tokens,
-                         "duration_seconds": time.perf_counter() - started}, step=steps)
-        weights = None
-        if parallel is not None and parallel.sharded:  # every rank helps gather; rank 0 writes
-            weights, _ = parallel.gather(self.model)
-            self._sharded = True
-        output = self._write(target, callback, weights) if main else target
-        if parallel is not None:
-            self._finish_rank(parallel, log, weights if main else None)
+                         "duration_seconds": time.perf_counter() - started}, step=session.steps)
         run = TrainingRun(
-            run_id=run_id, steps=steps, final_loss=result.loss_history[-1],
-            loss_history=result.loss_history, output_path=str(output),
+            run_id=session.run_id, steps=session.steps, final_loss=result.loss_history[-1],
+            loss_history=result.loss_history, output_path=str(self._save_run(target, callback, parallel, log)),
             duration_seconds=time.perf_counter() - started, samples_seen=result.samples_seen,
-            tokens_trained=result.label_tokens, dataset_format=loaded.report.name,
-            truncated_samples=result.truncated,
-            config={**redact_tree(self.settings.model_dump(mode="json")), "batch_size_resolved": batch_size,
-                    "resolved": {c.setting: c.value for c in defaults.choices} | {"backend": self.backend}})
+            tokens_trained=result.label_tokens, dataset_format=data.report.name, truncated_samples=result.truncated,
+            config={**redact_tree(self.settings.model_dump(mode="json")), "batch_size_resolved": defaults.batch_size,
+                    "resolved": {c.setting: c.value for c in defaults.choices} | {"backend": loaded.backend}})
         self.last_run = run
         session.complete(run)
         return run
+
+    def _start_up(self, log: Any) -> Any:
+        """The smart defaults, said once with the GGUF verdict, and the memory check (before any weight loads)."""
+        defaults = self.smart_defaults()
+        log.info("smart_defaults\n" + defaults.table())
+        self._log_gguf_support(log)
+        self._check_memory(defaults, log)
+        return defaults
+
+    def _save_run(self, target: Path, callback: TrainingCallback, parallel: Any, log: Any) -> Path:
+        """Save the trained adapter; a sharded model is gathered by every rank first, rank 0 writes."""
+        weights = None
+        if parallel is not None and parallel.sharded:
+            weights, _ = parallel.gather(self.model)
+            self._sharded = True
+        main = parallel is None or parallel.is_main
+        output = self._write(target, callback, weights) if main else target
+        if parallel is not None:
+            self._finish_rank(parallel, log, weights if main else None)
+        return output
 
     def _finish_rank(self, parallel: Any, log: Any, gathered: dict[str, Any] | None = None) -> None:
         """Wait for rank 0's save, then each rank says which weights it ended with (they must agree).
@@ -336,24 +299,12 @@ class Trainer:
             configure()
         log.info("rank_finished", rank=parallel.rank, trainable_sha256=digest.hexdigest())
 
-    def _loop_config(self, defaults: Any, *, steps: int, seed: int, shuffle: bool = True) -> Any:
-        """The loop settings of one run: the user's settings plus the smart defaults for this machine."""
-        from .training.engine import LoopConfig
-
-        cfg = self.settings.training
-        return LoopConfig(
-            steps=steps, batch_size=defaults.batch_size, gradient_accumulation=defaults.gradient_accumulation,
-            learning_rate=defaults.learning_rate, max_seq_length=cfg.max_seq_length, packing=cfg.packing,
-            warmup_ratio=cfg.warmup_ratio, lr_scheduler=cfg.lr_scheduler, weight_decay=cfg.weight_decay,
-            max_grad_norm=cfg.max_grad_norm, seed=seed, shuffle=shuffle, optim=defaults.optim,
-            chunked_loss=cfg.chunked_loss is not False)
-
     def multi_run(self, dataset: Any = None, *, num_runs: int | None = None, steps_per_run: int | None = None,
                   samples_per_run: int | None = None, merge_mode: str | None = None,
                   eval_fraction: float | None = None, lambda_schedule: Any = None, experimental: bool | None = None,
                   resume: str | bool | None = None, force: bool = False, format: str | None = None,
                   text_column: str | None = None, callback: TrainingCallback | None = None,
-                  fault_hook: Any = None) -> Any:
+                  controls: RunControls | None = None) -> Any:
         """Learn from several runs without forgetting: LoRA runs merged with SLAO (arXiv:2512.23017).
 
         ``dataset`` is a list of datasets (one per run, the paper's setting) or one dataset cut into
@@ -370,18 +321,22 @@ class Trainer:
         each run's own adapter goes to ``<output_dir>/multi_run/<run_id>/run-<i>``, the report to
         ``<output_dir>/forgetting.json`` and ``.png``. A campaign resumes at the run it stopped in:
         ``resume=run_id`` (datasets default to the campaign's own), and without ``resume`` an unfinished
-        campaign with the same data and settings in ``output_dir`` is continued. ``fault_hook`` is for
-        tests: it gets ``("run_start", i, None)`` and the loop's ``("micro_batch", step, index)`` calls.
-        Returns a ``continual.campaign.MultiRunResult``.
+        campaign with the same data and settings in ``output_dir`` is continued. Each run writes step
+        checkpoints like a single run, so a campaign stopped (``stop()``) or killed in run i resumes from
+        run i's last one. ``controls`` as for ``train``. Returns a ``continual.campaign.MultiRunResult``.
         """
-        from .continual.campaign import run_campaign
+        from .continual.campaign import CampaignTools, run_campaign
 
         check_output_dir(self.output_dir)
-        return run_campaign(self, dataset, num_runs=num_runs, steps_per_run=steps_per_run,
-                            samples_per_run=samples_per_run, merge_mode=merge_mode, eval_fraction=eval_fraction,
-                            lambda_schedule=lambda_schedule, experimental=experimental, resume=resume,
-                            force=force, format=format, text_column=text_column, callback=callback,
-                            fault_hook=fault_hook)
+        self.controls = controls or self.controls
+        self.controls.stop.clear()
+        tools = CampaignTools(self.settings, self.output_dir, self.smart_defaults, self.load, self.save, self.controls)
+        result = run_campaign(tools, dataset, num_runs=num_runs, steps_per_run=steps_per_run,
+                              samples_per_run=samples_per_run, merge_mode=merge_mode, eval_fraction=eval_fraction,
+                              lambda_schedule=lambda_schedule, experimental=experimental, resume=resume,
+                              force=force, format=format, text_column=text_column, callback=callback)
+        self.last_run = result.run
+        return result
 
     def _save_folder_name(self) -> str:
         return "model" if self.settings.training.mode == "full" else "lora"
@@ -441,16 +396,10 @@ class Trainer:
     def _write(self, target: Path, callback: TrainingCallback | None,
                state_dict: dict[str, Any] | None = None) -> Path:
         """``save`` itself; ``state_dict`` holds the gathered weights of a sharded model."""
-        from .training.adapters import save_trained
+        from .training.run import save_output
 
-        def write(folder: Path) -> None:
-            save_trained(self.model, self.tokenizer, folder, init_adapter_dir=self._init_adapter_dir,
-                         state_dict=state_dict)
-
-        saved = write_dir_atomically(target, write)
-        if callback is not None:
-            callback.fire("on_save", str(saved))
-        return saved
+        assert self._loaded is not None  # save() refuses, and train() loads, before this
+        return save_output(self._loaded, target, callback, state_dict)
 
     def _check_whole(self) -> None:
         if self._sharded:

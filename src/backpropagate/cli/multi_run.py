@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ..option_docs import OPTION_DOCS as DOC
 from . import app
+from .options import with_trainer_options
 
 if TYPE_CHECKING:
     from ..continual.campaign import MultiRunResult
 
 
 @app.command("multi-run")
+@with_trainer_options(lambda spec: spec.campaign)
 def multi_run(
     data: list[str] = typer.Option(None, "--data", "-d", help="A dataset per run (repeat --data), or one dataset "
                                    "cut into --runs chunks of --samples rows [default with --resume: the "
                                    "campaign's own]."),
-    model: str = typer.Option(None, "--model", "-m", help=DOC["model"] + " [default: Qwen/Qwen2.5-7B-Instruct]"),
     runs: int = typer.Option(None, "--runs", help="Number of runs [default: one per --data, else 5]."),
     steps: int = typer.Option(None, "--steps", "-s", help="Optimizer steps per run [default: 100]."),
     samples: int = typer.Option(None, "--samples", help="Rows per run [default: all rows, split evenly]."),
@@ -31,33 +30,19 @@ def multi_run(
                                         "1/i, or a number in (0, 1] [default: 1/sqrt(i)]."),
     experimental: bool = typer.Option(False, "--experimental", help="Allow DoRA / PiSSA / LoftQ adapters, which "
                                       "the SLAO paper does not cover (flagged in the report)."),
-    output: Path = typer.Option(None, "--output", "-o", help=DOC["output_dir"] + " [default: ./output]"),
-    lora_preset: str = typer.Option(None, help=DOC["lora_preset"] + " [default: quality]"),
-    lora_r: int = typer.Option(None, help=DOC["lora_r"]),
-    lora_alpha: float = typer.Option(None, help=DOC["lora_alpha"]),
-    target_modules: str = typer.Option(None, help=DOC["target_modules"] + " Comma-separated names."),
-    learning_rate: float = typer.Option(None, "--learning-rate", "--lr", help=DOC["learning_rate"]),
-    load_in_4bit: bool = typer.Option(None, "--load-in-4bit/--no-4bit", help=DOC["load_in_4bit"]),
-    use_dora: bool = typer.Option(None, "--use-dora/--no-dora", help=DOC["use_dora"]),
-    batch_size: str = typer.Option(None, help=DOC["batch_size"] + " [default: auto]"),
-    gradient_accumulation: int = typer.Option(None, help=DOC["gradient_accumulation"]),
-    max_seq_length: int = typer.Option(None, help=DOC["max_seq_length"] + " [default: 2048]"),
-    seed: int = typer.Option(None, help=DOC["seed"] + " [default: 42]"),
-    report_to: str = typer.Option(None, "--report-to", help=DOC["report_to"] + " [default: auto]"),
     resume: str = typer.Option(None, "--resume", help="Continue this campaign (id or unique prefix) in the run it "
                                "stopped in; see also `backprop resume`."),
     force: bool = typer.Option(False, "--force", help="With --resume: continue even if data or settings differ."),
+    **options: Any,
 ) -> None:
     """Train several runs one after another and merge them with SLAO; print the forgetting report."""
     from ..trainer import Trainer
     from .progress import TrainingProgress
+    from .train import interruptible
 
-    trainer = Trainer(model, lora_preset=lora_preset, lora_r=lora_r, lora_alpha=lora_alpha,
-                      target_modules=target_modules, learning_rate=learning_rate, load_in_4bit=load_in_4bit,
-                      use_dora=use_dora, batch_size=batch_size, gradient_accumulation=gradient_accumulation,
-                      max_seq_length=max_seq_length, seed=seed, output_dir=output, report_to=report_to)
+    trainer = Trainer(**options)
     dataset = (data[0] if len(data) == 1 else list(data)) if data else None
-    with TrainingProgress(None) as progress:
+    with interruptible(trainer), TrainingProgress(None) as progress:
         result = trainer.multi_run(dataset, num_runs=runs, steps_per_run=steps, samples_per_run=samples,
                                    merge_mode=merge_mode, eval_fraction=eval_fraction,
                                    lambda_schedule=_schedule(lambda_schedule), experimental=experimental,

@@ -20,21 +20,20 @@ def resume(
                               "be used (it held a credential) [default: the run's own]."),
 ) -> None:
     """Continue an interrupted run (or multi-run campaign) where it stopped, with its own data and settings."""
-    from ..runs.store import RunStore
-    from ..trainer import Trainer
+    from .. import runs
     from .progress import TrainingProgress
     from .train import interruptible
 
-    trainer = Trainer.from_run(run_id, output, **({"model": model} if model else {}))
-    if "multi_run" in RunStore.for_output(trainer.output_dir).get(run_id).config:
+    resumption = runs.prepare_resume(run_id, output, model=model)
+    if resumption.is_campaign:
         from .multi_run import print_result
 
-        with TrainingProgress(None) as progress:
-            campaign = trainer.multi_run(data, resume=run_id, force=force, callback=progress.callback())
+        with interruptible(resumption.trainer), TrainingProgress(None) as progress:
+            campaign = resumption.run(data, force=force, callback=progress.callback())
         print_result(campaign)
         return
-    with interruptible(trainer), TrainingProgress(None) as progress:
-        run = trainer.train(data, resume=run_id, force=force, callback=progress.callback())
+    with interruptible(resumption.trainer), TrainingProgress(None) as progress:
+        run = resumption.run(data, force=force, callback=progress.callback())
     typer.echo(f"run_id: {run.run_id}")
     typer.echo(f"steps: {run.steps}  final loss: {run.final_loss:.4f}  "
                f"(first {run.loss_history[0]:.4f})  {run.duration_seconds:.1f}s")

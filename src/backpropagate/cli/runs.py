@@ -60,7 +60,7 @@ def list_runs(
     for column in ("id", "status", "model", "dataset", "steps", "final loss", "duration", "started"):
         table.add_column(column, justify="right" if column in {"steps", "final loss", "duration"} else "left")
     for r in records:
-        kind = " (multi-run)" if "multi_run" in r.config else ""
+        kind = " (multi-run)" if r.is_campaign else ""
         table.add_row(r.run_id[:8], r.status + kind, _short(r.model, 28), _short(r.dataset_path, 28),
                       f"{r.completed_steps}/{r.steps}", "-" if r.final_loss is None else f"{r.final_loss:.4f}",
                       _seconds(duration_seconds(r)), r.started_at[:19].replace("T", " "))

@@ -9,69 +9,33 @@ from typing import Any
 
 import typer
 
-from ..option_docs import OPTION_DOCS as DOC
 from . import app
+from .options import with_trainer_options
 
 
 @app.command()
+@with_trainer_options()
 def train(
     data: str = typer.Option(..., "--data", "-d", help="Dataset file, save_to_disk folder or hub dataset name."),
-    model: str = typer.Option(None, "--model", "-m", help=DOC["model"] + " [default: Qwen/Qwen2.5-7B-Instruct]"),
     steps: int = typer.Option(None, "--steps", "-s", help="Optimizer steps to train [default: 100; with "
                               "--resume, the run's own]."),
-    output: Path = typer.Option(None, "--output", "-o", help=DOC["output_dir"] + " [default: ./output]"),
-    lora_preset: str = typer.Option(None, help=DOC["lora_preset"] + " [default: quality]"),
-    lora_r: int = typer.Option(None, help=DOC["lora_r"] + " [default: 256]"),
-    lora_alpha: float = typer.Option(None, help=DOC["lora_alpha"] + " [default: 512]"),
-    target_modules: str = typer.Option(None, help=DOC["target_modules"] + " Comma-separated names "
-                                       "[default: all-linear]."),
-    lora_dropout: float = typer.Option(None, help=DOC["lora_dropout"] + " [default: 0.05]"),
-    learning_rate: float = typer.Option(None, "--learning-rate", "--lr", help=DOC["learning_rate"] + " [default: 2e-3 under the quality preset]"),
-    mode: str = typer.Option(None, "--mode", help=DOC["mode"] + " [default: lora]"),
-    use_dora: bool = typer.Option(None, "--use-dora/--no-dora", help=DOC["use_dora"] + " [default: off]"),
-    init_lora_weights: str = typer.Option(None, help=DOC["init_lora_weights"] + " [default: default]"),
-    load_in_4bit: bool = typer.Option(None, "--load-in-4bit/--no-4bit", help=DOC["load_in_4bit"] + " [default: off]"),
-    optim: str = typer.Option(None, "--optim", help=DOC["optim"] + " [default: auto]"),
-    gradient_checkpointing: str = typer.Option(None, help=DOC["gradient_checkpointing"] + " on, off or auto "
-                                               "[default: auto]."),
-    use_unsloth: bool = typer.Option(None, "--use-unsloth/--no-unsloth", help=DOC["use_unsloth"] + " [default: on]"),
-    unsloth_fallback: bool = typer.Option(None, "--unsloth-fallback/--no-unsloth-fallback",
-                                          help=DOC["unsloth_fallback"] + " [default: on]"),
-    batch_size: str = typer.Option(None, help=DOC["batch_size"] + " [default: auto]"),
-    gradient_accumulation: int = typer.Option(None, help=DOC["gradient_accumulation"] + " [default: 4]"),
-    max_seq_length: int = typer.Option(None, help=DOC["max_seq_length"] + " [default: 2048]"),
-    train_on_responses: bool = typer.Option(None, "--train-on-responses/--train-on-all",
-                                            help=DOC["train_on_responses"] + " [default: responses]"),
-    packing: bool = typer.Option(None, "--packing/--no-packing", help=DOC["packing"] + " [default: packing]"),
-    chunked_loss: bool = typer.Option(None, "--chunked-loss/--no-chunked-loss",
-                                      help=DOC["chunked_loss"] + " [default: auto]"),
-    memory_check: str = typer.Option(None, "--memory-check", help=DOC["memory_check"] + " [default: refuse]"),
-    seed: int = typer.Option(None, help=DOC["seed"] + " [default: 42]"),
     format: str = typer.Option(None, "--format", help="Force the dataset format: sharegpt, alpaca, openai, chatml, text."),
     text_column: str = typer.Option(None, help="Column holding raw or ChatML text [default: text]."),
     curriculum: bool = typer.Option(False, "--curriculum", help="Train easy to hard without shuffling: the "
                                     "rows' difficulty column (backprop data curriculum), else a length score."),
-    trust_remote_code: bool = typer.Option(None, "--trust-remote-code/--no-trust-remote-code",
-                                           help=DOC["trust_remote_code"] + " [default: off]"),
-    save_steps: int = typer.Option(None, help=DOC["save_steps"] + " [default: 50]"),
-    keep_checkpoints: int = typer.Option(None, help=DOC["keep_checkpoints"] + " [default: 2]"),
-    oom_recovery: bool = typer.Option(None, "--oom-recovery/--no-oom-recovery",
-                                      help=DOC["oom_recovery"] + " [default: on]"),
     resume: str = typer.Option(None, "--resume", help="Continue this interrupted run (id or unique prefix) "
                                "from its last checkpoint, bit for bit; see also `backprop resume`."),
     force: bool = typer.Option(False, "--force", help="With --resume: continue even if the data or settings "
                                "differ from the run's."),
-    report_to: str = typer.Option(None, "--report-to", help=DOC["report_to"] + " [default: auto]"),
     nproc: int = typer.Option(None, "--nproc", help="Train on this many processes per machine (torchrun; one "
                               "per GPU, or CPU processes with gloo) [default: 1]."),
     nnodes: int = typer.Option(1, "--nnodes", help="Machines taking part (with --nproc)."),
     node_rank: int = typer.Option(0, "--node-rank", help="This machine's index, 0 .. nnodes-1."),
     master_addr: str = typer.Option(None, "--master-addr", help="Address of node 0 (with --nnodes > 1)."),
     master_port: int = typer.Option(None, "--master-port", help="Port on node 0 [default: 29500]."),
-    fsdp: bool = typer.Option(False, "--fsdp", help="Shard weights, gradients and optimizer state across the "
-                              "processes (PyTorch FSDP, one decoder layer at a time) instead of DDP."),
-    deepspeed: Path = typer.Option(None, "--deepspeed", help=DOC["deepspeed_config"]),
-    zero: int = typer.Option(None, "--zero", help=DOC["zero_stage"]),
+    fsdp: bool = typer.Option(False, "--fsdp", help="Same as --strategy fsdp: shard weights, gradients and "
+                              "optimizer state across the processes (PyTorch FSDP) instead of DDP."),
+    **options: Any,
 ) -> None:
     """Fine-tune a LoRA adapter on a dataset and save it to <output>/lora (--mode full: <output>/model)."""
     import os
@@ -80,17 +44,7 @@ def train(
     from ..trainer import Trainer
     from .progress import TrainingProgress
 
-    trainer = Trainer(
-        model, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, learning_rate=learning_rate,
-        batch_size=batch_size, gradient_accumulation=gradient_accumulation, max_seq_length=max_seq_length,
-        output_dir=output, train_on_responses=train_on_responses, packing=packing, seed=seed,
-        chunked_loss=chunked_loss, memory_check=memory_check,
-        trust_remote_code=trust_remote_code, save_steps=save_steps, keep_checkpoints=keep_checkpoints,
-        oom_recovery=oom_recovery, lora_preset=lora_preset, target_modules=target_modules, mode=mode,
-        use_dora=use_dora, init_lora_weights=init_lora_weights, load_in_4bit=load_in_4bit, optim=optim,
-        gradient_checkpointing=_on_off_auto(gradient_checkpointing), use_unsloth=use_unsloth,
-        unsloth_fallback=unsloth_fallback, report_to=report_to, strategy="fsdp" if fsdp else None,
-        deepspeed_config=deepspeed, zero_stage=zero)
+    trainer = Trainer(**{**options, "strategy": "fsdp" if fsdp else options["strategy"]})
     if nproc is not None:
         from ..training.parallel import check_nproc
 
@@ -127,13 +81,6 @@ def interruptible(trainer: Any) -> Iterator[None]:
     except RunInterrupted as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(130) from None
-
-
-def _on_off_auto(value: str | None) -> bool | str | None:
-    """CLI spelling of a bool-or-"auto" option; anything else is passed on for the coded error."""
-    if value is None:
-        return None
-    return {"on": True, "true": True, "off": False, "false": False}.get(value.strip().lower(), value)
 
 
 @app.command()

@@ -4,9 +4,10 @@ A campaign checkpoint is written after every finished run (and one before run 1,
 adapter) to ``<output>/checkpoints/<run_id>/after-run-NNNN/``: the merged and the last fine-tuned
 (A, B) of every layer in safetensors, the counter i, the lambda schedule, the forgetting matrix so far
 and the per-run loss histories, plus a manifest with sha256 checksums. It is written to a ``.partial``
-folder and renamed into place, so a crash leaves the previous one whole. A resumed campaign starts the
-run after the newest good checkpoint from that run's beginning; each run is seeded from the campaign
-seed and its index, so the result is the same as a campaign that was never interrupted.
+folder and renamed into place, so a crash leaves the previous one whole. A resumed campaign continues the
+run after the newest good checkpoint from that run's own newest step checkpoint (``run-NNNN/step-N``,
+written like a single run's and deleted once the run is merged), else from its beginning; each run is
+seeded from the campaign seed and its index, so the result is the same as a campaign never interrupted.
 """
 
 from __future__ import annotations

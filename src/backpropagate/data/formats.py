@@ -231,13 +231,14 @@ def _sharegpt(row: Mapping, number: int, column: str) -> list[Message]:
             raise BackpropagateError(
                 "INPUT_INVALID_CONVERSATION", f"row {number}, turn {turn}: expected an object with from/value.")
         source = item.get("from")
-        role = SHAREGPT_ROLES.get(source.lower()) if isinstance(source, str) else None
-        if role is None:
+        kind = source.lower() if isinstance(source, str) else None
+        role = SHAREGPT_ROLES.get(kind) if kind is not None else None
+        if kind is None or role is None:
             raise BackpropagateError(
                 "INPUT_INVALID_CONVERSATION",
                 f"row {number}, turn {turn}: unknown role {source!r}; expected one of {', '.join(SHAREGPT_ROLES)}.")
         content = item.get("value")
-        if source.lower() in ("function_call", "observation", "function") and isinstance(content, dict | list):
+        if kind in ("function_call", "observation", "function") and isinstance(content, dict | list):
             content = json.dumps(content, ensure_ascii=False)
         messages.append({"role": role, "content": content})
     return messages
@@ -311,7 +312,7 @@ def _render_tool_calls(calls: Any) -> str:
     """Tool calls as JSON text, ``{"name": ..., "arguments": {...}}`` like ShareGPT function_call turns."""
     if not isinstance(calls, list):
         calls = [calls]
-    rendered = []
+    rendered: list[Any] = []
     for call in calls:
         fn = call.get("function") if isinstance(call, Mapping) and isinstance(call.get("function"), Mapping) else call
         if isinstance(fn, Mapping) and "name" in fn:
@@ -329,7 +330,7 @@ def _render_tool_calls(calls: Any) -> str:
 def _chatml(row: Mapping, number: int, column: str) -> list[Message]:
     """Parse ``<|im_start|>{role}\\n{content}<|im_end|>`` blocks; only the newline after the role goes."""
     text: str = row[column]
-    messages = []
+    messages: list[Message] = []
     position = 0
     while True:
         start = text.find(IM_START, position)

@@ -231,6 +231,6 @@ def write_html(report: DataReport, path: str | Path, *, overwrite: bool = False)
 <img alt="length histogram" src="data:image/png;base64,{image}">
 </body></html>
 """
-    from .rowset import _write_atomically
+    from .rowset import write_atomically
 
-    return _write_atomically(target, lambda handle: handle.write(page))
+    return write_atomically(target, lambda handle: handle.write(page))

@@ -21,7 +21,7 @@ from .formats import Conversation, FormatReport, detect_format, to_examples
 from .load import read_rows
 
 __all__ = ["Example", "Progress", "RowSet", "check_output_path", "example_text", "load_rowset",
-           "normalize_text", "write_json", "write_jsonl", "write_rows"]
+           "normalize_text", "write_atomically", "write_json", "write_jsonl", "write_rows"]
 
 Example = Conversation | str
 #: ``progress(done, total)``: called while a long operation runs (the CLI draws a bar from it).
@@ -119,16 +119,17 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def write_jsonl(path: Path, records: Iterable[Mapping]) -> Path:
     """Write JSON lines to ``path`` through a sibling temp file swapped in at the end."""
-    return _write_atomically(path, lambda handle: handle.writelines(
+    return write_atomically(path, lambda handle: handle.writelines(
         json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 def write_json(path: Path, payload: Mapping) -> Path:
     """Write one indented JSON document to ``path`` atomically."""
-    return _write_atomically(path, lambda handle: handle.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n"))
+    return write_atomically(path, lambda handle: handle.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n"))
 
 
-def _write_atomically(path: Path, fill: Callable[[Any], Any]) -> Path:
+def write_atomically(path: Path, fill: Callable[[Any], Any]) -> Path:
+    """``fill(handle)`` writes UTF-8 text to ``path`` through a temp file swapped in at the end (reports use it too)."""
     from ..atomic import write_file_atomically
 
     def write(partial: Path) -> None:

@@ -84,8 +84,9 @@ def check_tokenizer(source: str | Path | dict[str, Any]) -> str | None:
 
     ``source`` is a model/tokenizer folder, a tokenizer.json path or its parsed content.
     """
+    where: Path | str = "tokenizer.json"
     if isinstance(source, dict):
-        data, where = source, "tokenizer.json"
+        data = source
     else:
         path = Path(source)
         path = path / "tokenizer.json" if path.is_dir() else path

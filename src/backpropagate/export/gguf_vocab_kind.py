@@ -92,7 +92,7 @@ def _byte_level_pre(tokenizer_json: dict[str, Any], where: Path | str) -> str:
     if kinds == ["Split", "ByteLevel"] and _byte_level_ok(steps[1], False):
         split = steps[0]
         regex = (split.get("pattern") or {}).get("Regex")
-        name = SPLIT_PRE.get((regex, ignore_merges))
+        name = SPLIT_PRE.get((regex, ignore_merges)) if isinstance(regex, str) else None
         if name and split.get("behavior") == "Isolated" and not split.get("invert"):
             return name
         raise _refuse(where, f"the split regex {regex!r} (ignore_merges={ignore_merges}) is not one llama.cpp has")

@@ -52,7 +52,9 @@ class WriteResult:
 
 
 @dataclass(frozen=True)
-class _Planned:
+class PlannedTensor:
+    """One tensor of the file to write: where it comes from, its GGUF name, shape and type."""
+
     hf_name: str | None  # the checkpoint's name; None for tensors made here (rope_freqs)
     canonical: str | None  # the name the family rules and gguf's name map know it by
     gguf_name: str
@@ -60,7 +62,7 @@ class _Planned:
     qtype: Any  # gguf.GGMLQuantizationType
 
 
-def _safetensors_files(model_dir: Path) -> dict[str, Path]:
+def safetensors_files(model_dir: Path) -> dict[str, Path]:
     """tensor name -> file holding it, from the index (sharded) or the single file."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
@@ -113,8 +115,10 @@ def _nbytes(shape: tuple[int, ...], qtype: Any) -> tuple[tuple[int, ...], Any, i
     return byte_shape, np.uint8, int(np.prod(byte_shape))
 
 
-def _plan(files: dict[str, Path], hp: HParams, spec: ArchSpec, extra: dict[str, np.ndarray],
-          out_type: str, fallbacks: list[str]) -> list[_Planned]:
+def plan_tensors(files: dict[str, Path], hp: HParams, spec: ArchSpec, extra: dict[str, np.ndarray],
+                 out_type: str, fallbacks: list[str]) -> list[PlannedTensor]:
+    """Every tensor of the file in llama.cpp's order, from the safetensors headers alone (``fallbacks`` collects
+    the ones written as f16); public so the export benchmark's whole-state-dict baseline converts the same way."""
     import gguf
 
     arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == spec.gguf_arch)
@@ -127,16 +131,16 @@ def _plan(files: dict[str, Path], hp: HParams, spec: ArchSpec, extra: dict[str, 
     if embed[0] != hp.n_vocab:
         raise BackpropagateError("STATE_VOCAB_MISMATCH",
                                  f"config.vocab_size is {hp.n_vocab} but the embedding has {embed[0]} rows.")
-    planned: list[_Planned] = []
+    planned: list[PlannedTensor] = []
     for name in sorted(shapes, key=lambda n: _tensor_order(canonical[n])):
         if skip_tensor(canonical[name], hp):
             continue
         gguf_name = gguf_tensor_name(name_map, canonical[name])
         shape = output_shape(canonical[name], shapes[name])
-        planned.append(_Planned(name, canonical[name], gguf_name, shape,
+        planned.append(PlannedTensor(name, canonical[name], gguf_name, shape,
                                 _out_qtype(out_type, shape, gguf_name, fallbacks)))
     for gguf_name, array in extra.items():
-        planned.append(_Planned(None, None, gguf_name, array.shape, _out_qtype(out_type, array.shape, gguf_name,
+        planned.append(PlannedTensor(None, None, gguf_name, array.shape, _out_qtype(out_type, array.shape, gguf_name,
                                                                                fallbacks)))
     return planned
 
@@ -159,7 +163,8 @@ def _load(files: dict[str, Path], name: str) -> np.ndarray:
         return handle.get_tensor(name).float().numpy()
 
 
-def _convert(item: _Planned, data: np.ndarray, spec: ArchSpec, hp: HParams, config: Any) -> np.ndarray:
+def convert_tensor(item: PlannedTensor, data: np.ndarray, spec: ArchSpec, hp: HParams, config: Any) -> np.ndarray:
+    """One source tensor as it goes into the file: the family's transform, rotary interleave, then the type."""
     import gguf
 
     if item.canonical is not None:
@@ -219,10 +224,10 @@ def write_gguf(model_dir: str | Path, output: str | Path, out_type: str = "f16",
     hp = read_hparams(config, spec)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     vocab = read_vocab(model_dir, tokenizer, hp.n_vocab)
-    files = _safetensors_files(model_dir)
+    files = safetensors_files(model_dir)
     extra = extra_tensors(hp, config)
     fallbacks: list[str] = []
-    planned = _plan(files, hp, spec, extra, out_type, fallbacks)
+    planned = plan_tensors(files, hp, spec, extra, out_type, fallbacks)
 
     writer = gguf.GGUFWriter(path=None, arch=spec.gguf_arch)
     writer.add_type(gguf.GGUFType.MODEL)
@@ -244,7 +249,7 @@ def write_gguf(model_dir: str | Path, output: str | Path, out_type: str = "f16",
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             for item, data in zip(planned, _stream(planned, files, extra), strict=True):
-                writer.write_tensor_data(_convert(item, data, spec, hp, text_config(config)))
+                writer.write_tensor_data(convert_tensor(item, data, spec, hp, text_config(config)))
             writer.flush()
         finally:
             writer.close()
@@ -253,6 +258,6 @@ def write_gguf(model_dir: str | Path, output: str | Path, out_type: str = "f16",
                        n_params=n_params, fallbacks=fallbacks)
 
 
-def _stream(planned: list[_Planned], files: dict[str, Path], extra: dict[str, np.ndarray]) -> Iterator[np.ndarray]:
+def _stream(planned: list[PlannedTensor], files: dict[str, Path], extra: dict[str, np.ndarray]) -> Iterator[np.ndarray]:
     for item in planned:
         yield _load(files, item.hf_name) if item.hf_name is not None else extra[item.gguf_name]

@@ -13,6 +13,7 @@ does). Anything else raises ``ValueError``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -104,7 +105,7 @@ def _field(value: Any, path: list[str]) -> Any:
     return value
 
 
-_FUNCS = {
+_FUNCS: dict[str, Callable[..., Any]] = {
     "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
     "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
     "not": lambda a: not _truthy(a), "len": len, "slice": lambda seq, i, j=None: seq[i:j],

@@ -35,7 +35,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _is_hub_id(name: str | None) -> bool:
-    return bool(name) and name.count("/") == 1 and not name.startswith((".", "/", "~")) and "\\" not in name
+    if not name:
+        return False
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and "\\" not in name
 
 
 def folder_kind(folder: Path) -> str:

@@ -22,9 +22,12 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .gguf_tokenizer import stop_tokens
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_types import ChatCompletionRequestMessage
 from .kl import Divergence, KLStats, kl_from_uniform, nats, paired_margin
 from .quantize import AGREEMENT_THRESHOLDS, KL_TOLERANCE, MAX_KLD_SHARE, TOP1_TOLERANCE, require_llama_cpp
 
@@ -148,7 +151,8 @@ def _template_checks(llm: Any, tokenizer: Any, report: ParityReport) -> None:
         expected = _render_hf(tokenizer, messages, True)
         try:
             got = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos,
-                                      add_generation_prompt=True)(messages=messages).prompt
+                                      add_generation_prompt=True)(
+                messages=cast("list[ChatCompletionRequestMessage]", messages)).prompt  # role/content dicts
         except Exception as exc:  # noqa: BLE001 - a template llama-cpp-python cannot render is a failure
             got = f"<render error: {type(exc).__name__}: {exc}>"
         match = got == expected

@@ -77,7 +77,7 @@ def _default_output(source: ExportSource, fmt: str, quantization: str) -> Path:
     return folder / ("adapter.gguf" if fmt == "gguf-adapter" else f"model-{quantization}.gguf")
 
 
-def _gguf_target(output: Path | None, default: Path) -> Path:
+def _gguf_target(output: str | Path | None, default: Path) -> Path:
     if output is None:
         return default
     output = Path(output).expanduser()
@@ -220,6 +220,7 @@ def _write_sidecars(result: ExportResult, model_dir: Path, written: Any, stop_to
     from .ollama import build_modelfile, write_modelfile
 
     model_file = result.path if result.format == "gguf" else result.base_gguf
+    assert model_file is not None, "a gguf-adapter export writes its base GGUF before the sidecars"
     adapter_file = result.path if result.format == "gguf-adapter" else None
     config = load_config(model_dir)
     try:

@@ -7,6 +7,7 @@ import builtins
 import csv
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,22 +26,31 @@ def _default_output() -> Path:
     return Path(Settings().training.output_dir).expanduser()
 
 
-def _stores(output_dir: str | Path | None) -> builtins.list[RunStore]:
-    """The given output dir's history, or every history the index knows plus the default output dir."""
-    if output_dir is not None:
+OutputDirs = str | Path | Sequence[str | Path] | None
+"""Where to look: one output folder, several (the UI's sandbox), or None for every folder the index knows."""
+
+
+def _several(output_dir: OutputDirs) -> bool:
+    return output_dir is not None and not isinstance(output_dir, str | Path)
+
+
+def _stores(output_dir: OutputDirs) -> builtins.list[RunStore]:
+    """The histories to read: the given folder(s), or every one the index knows plus the default output dir."""
+    if isinstance(output_dir, str | Path):
         return [RunStore.for_output(output_dir)]
-    dirs = {p.resolve(): None for p in [*known_output_dirs(), _default_output()] if (p / "runs.db").is_file()}
+    folders = [*known_output_dirs(), _default_output()] if output_dir is None else [Path(d) for d in output_dir]
+    dirs = {p.expanduser().resolve(): None for p in folders if (p.expanduser() / "runs.db").is_file()}
     return [RunStore.for_output(d) for d in dirs]
 
 
-def list_runs(output_dir: str | Path | None = None, *, status: str | None = None,
+def list_runs(output_dir: OutputDirs = None, *, status: str | None = None,
               limit: int | None = None) -> builtins.list[RunRecord]:
-    """Runs newest first, from ``output_dir`` or (None) every known output directory."""
+    """Runs newest first, from ``output_dir`` (one folder or several) or (None) every known output directory."""
     if status is not None and status not in STATUSES:
         raise invalid_value("status", status, "one of " + ", ".join(STATUSES))
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise invalid_value("limit", limit, "an integer >= 1")
-    found = [r for store in _stores(output_dir) for r in _readable(store, output_dir is None)
+    found = [r for store in _stores(output_dir) for r in _readable(store, not isinstance(output_dir, str | Path))
              if status is None or r.status == status]
     found.sort(key=lambda r: r.started_at, reverse=True)
     return found[:limit] if limit else found
@@ -59,11 +69,18 @@ def _readable(store: RunStore, searching: bool) -> builtins.list[RunRecord]:
         return []
 
 
-def get_run(run_id: str, output_dir: str | Path | None = None) -> RunRecord:
-    """One run by id or unique prefix, in ``output_dir`` or in any known output directory."""
+def get_run(run_id: str, output_dir: OutputDirs = None) -> RunRecord:
+    """One run by id or unique prefix, in ``output_dir`` (one folder or several) or in any known output directory.
+
+    The one prefix matcher every shell uses: ``STATE_RUN_NOT_FOUND`` when nothing matches,
+    ``INPUT_RUN_ID_AMBIGUOUS`` when the prefix fits several runs (in one history or across them).
+    """
     stores = _stores(output_dir)
-    if output_dir is not None or len(stores) == 1:
+    if not _several(output_dir) and (output_dir is not None or len(stores) == 1):
         return (stores[0] if stores else RunStore.for_output(_default_output())).get(run_id)
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise BackpropagateError("INPUT_INVALID_VALUE", f"run id {run_id!r} is invalid: expected a run id "
+                                 "or its first characters.")
     matches, ambiguous = [], None
     for store in stores:
         try:
@@ -76,8 +93,9 @@ def get_run(run_id: str, output_dir: str | Path | None = None) -> RunRecord:
     if ambiguous is not None:
         raise ambiguous
     if not matches:
-        raise BackpropagateError("STATE_RUN_NOT_FOUND", f"no run {run_id!r} in any known output directory "
-                                 f"({len(stores)} searched).")
+        where = "any known output directory" if output_dir is None else "the given output directories"
+        raise BackpropagateError("STATE_RUN_NOT_FOUND", f"no run {run_id!r} in {where} ({len(stores)} searched).",
+                                 hint="`backprop list-runs` (or the Runs page) lists the recorded runs.")
     if len(matches) > 1:
         listed = ", ".join(f"{r.run_id} ({r.output_dir})" for r in matches[:5])
         raise BackpropagateError("INPUT_RUN_ID_AMBIGUOUS", f"{run_id!r} matches {len(matches)} runs: {listed}.")
@@ -118,8 +136,8 @@ class RunDiff:
 _NOT_CONFIG = {"batch_size_resolved"}  # derived, shown with the results instead
 
 
-def diff_runs(a: str, b: str, output_dir: str | Path | None = None) -> RunDiff:
-    """Compare runs ``a`` and ``b`` (ids or prefixes)."""
+def diff_runs(a: str, b: str, output_dir: OutputDirs = None) -> RunDiff:
+    """Compare runs ``a`` and ``b`` (ids or prefixes, found by :func:`get_run`; they may sit in different folders)."""
     ra, rb = get_run(a, output_dir), get_run(b, output_dir)
     fa, fb = flatten(ra.config), flatten(rb.config)
     keys = sorted((set(fa) | set(fb)) - _NOT_CONFIG)
@@ -146,7 +164,7 @@ def replay_run(run_id: str, output_dir: str | Path | None = None, *, new_output:
     from ..trainer import Trainer
 
     record = get_run(run_id, output_dir)
-    if "multi_run" in record.config:
+    if record.is_campaign:
         raise BackpropagateError("INPUT_INVALID_VALUE", f"run {record.run_id[:8]} is a multi-run campaign; "
                                  "replaying campaigns is not supported.", hint="Start it again with "
                                  "`backprop multi-run` and the same options.")
@@ -176,10 +194,41 @@ def replay_run(run_id: str, output_dir: str | Path | None = None, *, new_output:
                         callback=callback)
     RunStore.for_output(target).set_details(run.run_id, {"replay_of": record.run_id,
                                                          "replay_of_output": record.output_dir})
-    RunStore.for_output(record.output_dir).set_details(
+    RunStore.for_output(record.output_dir or ".").set_details(
         record.run_id, {"replays": [*record.details.get("replays", []), {"run_id": run.run_id,
                                                                          "output_dir": str(target)}]})
     return run
+
+
+@dataclass(frozen=True)
+class Resumption:
+    """A run (or campaign) about to be finished: its record and the Trainer rebuilt from its settings.
+
+    Split from :meth:`run` so a shell can wire its Stop (``trainer.stop()``) to the trainer first.
+    """
+
+    record: RunRecord
+    trainer: Any
+
+    @property
+    def is_campaign(self) -> bool:
+        return self.record.is_campaign
+
+    def run(self, data: Any = None, *, force: bool = False, callback: Any = None, **kwargs: Any) -> Any:
+        """Train from the last checkpoint: a ``TrainingRun``, or a campaign's ``MultiRunResult``."""
+        resume = self.trainer.multi_run if self.is_campaign else self.trainer.train
+        return resume(data, resume=self.record.run_id, force=force, callback=callback, **kwargs)
+
+
+def prepare_resume(run_id: str, output_dir: str | Path | None = None, *, model: str | None = None) -> Resumption:
+    """The run ``run_id`` (id or unique prefix) of ``output_dir`` (default: the configured one), ready to resume.
+
+    ``model`` replaces a recorded base-model name that held a credential (kept redacted in the history).
+    """
+    from ..trainer import Trainer
+
+    trainer = Trainer.from_run(run_id, output_dir, **({"model": model} if model else {}))
+    return Resumption(RunStore.for_output(trainer.output_dir).get(run_id), trainer)
 
 
 def _row(record: RunRecord) -> dict[str, Any]:

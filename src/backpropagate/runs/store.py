@@ -7,6 +7,7 @@ read as ``interrupted``: that is how a run killed with SIGKILL or a power cut sh
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import socket
@@ -80,6 +81,14 @@ class RunRecord:
     """Extra results: tokens and throughput, exports, the run it replays, a campaign's merges and forgetting."""
     output_dir: str | None = None
     """The output directory whose runs.db holds this run."""
+
+    @property
+    def is_campaign(self) -> bool:
+        """A multi-run campaign (its settings carry the ``multi_run`` group), not a single training run.
+
+        The one place that decides it, so resume, replay, the CLI and the UI cannot disagree.
+        """
+        return "multi_run" in self.config
 
 
 def _now() -> str:
@@ -223,7 +232,7 @@ class RunStore:
                  os.getpid(), _process_token(os.getpid()), socket.gethostname(), now))
 
     def resume(self, run_id: str, *, config: dict[str, Any], dataset_hash: str | None, steps: int,
-               completed_steps: int, loss_history: list[float]) -> None:
+               completed_steps: int, loss_history: builtins.list[float]) -> None:
         """Mark an existing run ``running`` again, owned by this process, from its checkpoint's step.
 
         The check and the claim are one transaction, so two processes can never resume the same run.
@@ -241,8 +250,8 @@ class RunStore:
                  json.dumps(loss_history), os.getpid(), _process_token(os.getpid()), socket.gethostname(),
                  _now(), run_id))
 
-    def progress(self, run_id: str, *, completed_steps: int, loss_history: list[float],
-                 checkpoints: list[str]) -> None:
+    def progress(self, run_id: str, *, completed_steps: int, loss_history: builtins.list[float],
+                 checkpoints: builtins.list[str]) -> None:
         """After a checkpoint: how far the run is and which checkpoints exist."""
         with self._transaction() as conn:
             conn.execute("UPDATE runs SET completed_steps=?, loss_history_json=?, checkpoints_json=?, "
@@ -272,14 +281,14 @@ class RunStore:
                              (json.dumps(details, default=str), _now(), row["run_id"]))
 
     def finish(self, run_id: str, status: str, *, completed_steps: int | None = None,
-               loss_history: list[float] | None = None, output_path: str | None = None,
+               loss_history: builtins.list[float] | None = None, output_path: str | None = None,
                error_code: str | None = None, error_message: str | None = None) -> None:
         """Close a run as ``completed``, ``failed`` or ``interrupted``."""
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
         sets = ["status=?", "ended_at=?", "updated_at=?", "error_code=?", "error_message=?"]
         now = _now()
-        values: list[Any] = [status, now, now, error_code, error_message]
+        values: builtins.list[Any] = [status, now, now, error_code, error_message]
         if completed_steps is not None:
             sets.append("completed_steps=?")
             values.append(completed_steps)

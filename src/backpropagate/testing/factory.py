@@ -95,7 +95,7 @@ class FamilySpec:
         return self.bos is not None
 
 
-_LLAMA_SPECIALS = (
+_LLAMA_SPECIALS: tuple[str, ...] = (
     "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
     "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>",
     "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>",

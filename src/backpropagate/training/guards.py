@@ -126,11 +126,17 @@ class ThermalGuard:
         self.paused_seconds = 0.0
 
     @classmethod
-    def from_settings(cls, training: Any, device: Any) -> ThermalGuard:
-        """A guard reading the training GPU through NVML, or an inactive one saying why not."""
+    def from_settings(cls, training: Any, device: Any,
+                      read_temperature: Callable[[], float] | None = None) -> ThermalGuard:
+        """A guard reading ``read_temperature`` (another sensor: ``RunControls.temperature``), else the training
+        GPU through NVML, or an inactive one saying why not."""
         thresholds = {"pause_at": training.thermal_pause_celsius,
                       "resume_below": training.thermal_resume_celsius,
                       "critical_at": training.thermal_critical_celsius}
+        if read_temperature is not None:
+            guard = cls(read_temperature, **thresholds)
+            guard.source = "RunControls.temperature"
+            return guard
         if getattr(device, "type", "cpu") != "cuda":
             return cls(None, off_reason="training on the CPU", **thresholds)
         reader, reason = nvml_reader(getattr(device, "index", None) or 0)

@@ -9,13 +9,13 @@ from typing import Any
 from ..config import TRAINER_ARGS
 from ..errors import BackpropagateError
 from ..logs import redact_tree
+from ..options import operational_options
 from ..runs.store import RunRecord, RunStore
 from .checkpoints import CheckpointRef, list_checkpoints, quarantine, stale_partials, verify_checkpoint
 
-# Settings that change how a run is looked after, not what it computes: they may differ on resume.
-OPERATIONAL = frozenset({"output_dir", "save_steps", "keep_checkpoints", "oom_recovery", "thermal_pause_celsius",
-                         "thermal_resume_celsius", "thermal_critical_celsius", "unsloth_fallback",
-                         "strategy", "deepspeed_config", "zero_stage"})
+# Settings that change how a run is looked after, not what it computes (changes_training=False on the field):
+# they may differ on resume.
+OPERATIONAL = operational_options()
 RESUMABLE = ("interrupted", "failed")
 
 
@@ -68,12 +68,13 @@ def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[
     return diffs
 
 
-def choose_checkpoint(run_dir: Path, record: RunRecord, log: Any = None) -> CheckpointRef | None:
+def choose_checkpoint(run_dir: Path, record: RunRecord, log: Any = None, *,
+                      expected: list[str] | None = None) -> CheckpointRef | None:
     """The newest checkpoint that passes its checksums, falling back to older ones.
 
     A damaged checkpoint is renamed ``step-N.invalid`` (kept, never read again). None means the run never
     wrote one, so it restarts from step 0; ``STATE_CHECKPOINT_INVALID`` means it wrote some and none is
-    usable any more.
+    usable any more. ``expected`` are the checkpoints that must exist (default: the ones the history lists).
     """
     for partial in stale_partials(run_dir):
         if log is not None:
@@ -92,7 +93,8 @@ def choose_checkpoint(run_dir: Path, record: RunRecord, log: Any = None) -> Chec
     if first_error is not None:
         raise BackpropagateError("STATE_CHECKPOINT_INVALID",
                                  f"run {record.run_id} has no usable checkpoint left: {first_error.message}")
-    if record.checkpoints:
+    expected = record.checkpoints if expected is None else expected
+    if expected:
         raise BackpropagateError("STATE_CHECKPOINT_INVALID", f"the checkpoints of run {record.run_id} are "
-                                 f"missing ({', '.join(record.checkpoints)}).")
+                                 f"missing ({', '.join(expected)}).")
     return None

@@ -25,11 +25,11 @@ from .checkpoints import (
     step_dir_name,
     write_checkpoint,
 )
-from .engine import FaultHook, LoopHooks, LoopState
+from .engine import LoopHooks, LoopState
 from .guards import OomRecovery, ThermalGuard
 from .output_lock import OutputLock
 from .resume import choose_checkpoint, config_differences, pick_run, run_config
-from .stop import StopRequested, StopSignal
+from .stop import RunControls, StopRequested
 
 DEFAULT_STEPS = 100
 
@@ -55,8 +55,12 @@ class RunSession:
         self.begun = False
         self.lock: OutputLock | None = None  # the output folder's lock, taken when training begins
         self._last_saved = -1
-        self._stop: StopSignal | None = None
+        self._controls = RunControls()
         self._started = time.perf_counter()
+        # A part of a longer run (one run of a campaign): its steps and losses follow those before it.
+        self.step_offset = 0
+        self.history_prefix: list[float] = []
+        self.part: RunSession | None = None  # the part training now, which knows the newest checkpoint
 
     # ---- before the model loads ------------------------------------------------------------
     @classmethod
@@ -105,6 +109,22 @@ class RunSession:
         """A follower resumes from the checkpoint rank 0 chose."""
         self.checkpoint = load_checkpoint(Path(path)) if path else None
 
+    def segment(self, run_dir: Path, *, steps: int, step_offset: int, history_prefix: list[float],
+                log: Any) -> RunSession:
+        """A part of this run with its own checkpoints in ``run_dir`` (a campaign's run i), written to this
+        run's history row; it resumes from the newest good checkpoint in ``run_dir``, if any."""
+        part = RunSession(self.store, self.run_id, self.record, data=self.data, steps=steps, format=self.format,
+                          text_column=self.text_column, curriculum=self.curriculum, main=self.main)
+        part.settings, part.config, part.force, part.differences = self.settings, self.config, self.force, []
+        part.run_dir, part.step_offset, part.history_prefix = Path(run_dir), step_offset, list(history_prefix)
+        part.begun = True
+        ref = choose_checkpoint(part.run_dir, self.record, log, expected=[]) if self.record is not None else None
+        if ref is not None:
+            part.checkpoint = load_checkpoint(ref.path)
+            log.info("resuming", from_step=ref.step, checkpoint=str(ref.path))
+        self.part = part
+        return part
+
     @property
     def resuming(self) -> bool:
         return self.record is not None
@@ -133,10 +153,14 @@ class RunSession:
         log.info("resuming", from_step=ref.step, checkpoint=str(ref.path))
 
     # ---- training --------------------------------------------------------------------------
-    def begin(self, *, model_name: str, batch_size: int) -> None:
-        """Write the history row (new run) or mark the run running again (resume)."""
-        self.config["batch_size_resolved"] = batch_size
+    def begin(self, *, model_name: str, batch_size: int | None = None,
+              progress: tuple[int, list[float]] | None = None) -> None:
+        """Write the history row (new run) or mark the run running again (resume); ``progress`` is the
+        (completed steps, losses) a resumed campaign restarts from, which no step checkpoint holds."""
+        if batch_size is not None:
+            self.config["batch_size_resolved"] = batch_size
         history = list(self.checkpoint.trainer_state["loss_history"]) if self.checkpoint else []
+        done, history = progress or (self.checkpoint.step if self.checkpoint else 0, history)
         if self.main:
             self.lock = OutputLock.acquire(self.store.path.parent)
         if not self.main:
@@ -147,18 +171,18 @@ class RunSession:
                              steps=self.steps)
         else:
             self.store.resume(self.run_id, config=self.config, dataset_hash=self.config["dataset"]["fingerprint"],
-                              steps=self.steps, completed_steps=self.checkpoint.step if self.checkpoint else 0,
-                              loss_history=history)
+                              steps=self.steps, completed_steps=done, loss_history=history)
         self.begun = True
         self._started = time.perf_counter()
 
-    def loop_hooks(self, model: Any, *, callback: Any, log: Any, fault_hook: FaultHook | None = None,
-                   thermal_guard: ThermalGuard | None = None, stop: StopSignal | None = None) -> LoopHooks:
+    def loop_hooks(self, model: Any, *, callback: Any, log: Any, controls: RunControls | None = None) -> LoopHooks:
         """Hooks for ``train_loop``: restore, checkpoint + thermal and stop checks after each step, OOM policy."""
         training = self.settings.training
-        device = next(model.parameters()).device
-        self.guard = thermal_guard or ThermalGuard.from_settings(training, device if self.main else None)
-        self._callback, self._log, self._fault, self._stop = callback, log, fault_hook, stop
+        controls = controls or RunControls()
+        device = next(model.parameters()).device  # rank 0 alone reads the temperature
+        self.guard = controls.thermal_guard(training, device) if self.main else \
+            ThermalGuard.from_settings(training, None)
+        self._callback, self._log, self._controls = callback, log, controls
         log.info("guards", oom_recovery=training.oom_recovery, thermal_guard=self.guard.status,
                  save_steps=training.save_steps, keep_checkpoints=training.keep_checkpoints)
 
@@ -172,7 +196,7 @@ class RunSession:
             self._last_saved = state.step
 
         return LoopHooks(restore=restore if self.checkpoint is not None else None, after_step=self._after_step,
-                         fault=fault_hook, oom=OomRecovery(enabled=training.oom_recovery, log=log))
+                         fault=controls.fault, oom=OomRecovery(enabled=training.oom_recovery, log=log))
 
     def _after_step(self, state: LoopState) -> None:
         save_steps = self.settings.training.save_steps
@@ -181,16 +205,19 @@ class RunSession:
         sharded = state.parallel is not None and state.parallel.sharded
         if self.guard is not None:  # rank 0 alone reads the sensor, so it cannot start a sharded gather
             self.guard.check(state.step, (lambda: None) if sharded else lambda: self.save_checkpoint(state), self._log)
-        if self._stop is not None and self._stop.requested and state.step < state.steps_total:
+        stop = self._controls.stop
+        if stop.requested and state.step < state.steps_total:
             if not sharded:
                 self.save_checkpoint(state)
-            self._log.warning("run_stopping", step=state.step, reason=self._stop.reason)
-            raise StopRequested(f"stopped after step {state.step}: {self._stop.reason}")
+            self._log.warning("run_stopping", step=self.step_offset + state.step, reason=stop.reason)
+            raise StopRequested(f"stopped after step {self.step_offset + state.step}: {stop.reason}")
 
     @property
     def last_checkpoint_step(self) -> int | None:
         """The step of the newest checkpoint this run wrote or resumed from (None before the first)."""
-        return self._last_saved if self._last_saved > 0 else None
+        if self.part is not None:
+            return self.part.last_checkpoint_step
+        return self.step_offset + self._last_saved if self._last_saved > 0 else None
 
     def save_checkpoint(self, state: LoopState) -> Path | None:
         """Checkpoint the loop after ``state.step`` (once per step), prune old ones, update the history.
@@ -211,13 +238,15 @@ class RunSession:
         elapsed = (self.checkpoint.trainer_state.get("elapsed_seconds", 0.0) if self.checkpoint else 0.0) + \
             started - self._started
         path = write_checkpoint(self.run_dir, state, run_id=self.run_id, config=self.config,
-                                elapsed_seconds=elapsed, fault_hook=self._fault, gathered=gathered, staged=staged)
+                                elapsed_seconds=elapsed, fault_hook=self._controls.fault, gathered=gathered,
+                                staged=staged)
         shutil.rmtree(staging, ignore_errors=True)
         self._last_saved = state.step
         prune_checkpoints(self.run_dir, self.settings.training.keep_checkpoints)
-        self.store.progress(self.run_id, completed_steps=state.step, loss_history=state.result.loss_history,
+        self.store.progress(self.run_id, completed_steps=self.step_offset + state.step,
+                            loss_history=self.history_prefix + state.result.loss_history,
                             checkpoints=[str(c.path) for c in list_checkpoints(self.run_dir)])
-        self._log.info("checkpoint_saved", step=state.step, path=str(path),
+        self._log.info("checkpoint_saved", step=self.step_offset + state.step, path=str(path),
                        seconds=round(time.perf_counter() - started, 3))
         self._callback.fire("on_save", str(path))
         return path

@@ -14,8 +14,14 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .guards import ThermalGuard
+
+FaultHook = Callable[[str, int, Any], None]
 
 
 class StopRequested(KeyboardInterrupt):
@@ -57,6 +63,30 @@ class StopSignal:
     def clear(self) -> None:
         self._event.clear()
         self.reason = ""
+
+
+@dataclass
+class RunControls:
+    """What steers a run from outside its settings; ``Trainer.train`` and ``multi_run`` take one.
+
+    ``stop`` is the signal ``Trainer.stop()`` raises (a checkpoint, then ``interrupted``). ``temperature``
+    reads the GPU in degrees Celsius instead of NVML (thresholds from the settings), or is a configured
+    ``ThermalGuard`` (own polling and clock). ``fault(where, step, detail)`` is fault injection for resilience
+    testing: called before each micro-batch (``"micro_batch"``, index), checkpoint file (``"checkpoint"``,
+    name) and campaign run (``"run_start"``, i); whatever it raises goes through the run's failure handling.
+    """
+
+    stop: StopSignal = field(default_factory=StopSignal)
+    temperature: Callable[[], float] | ThermalGuard | None = None
+    fault: FaultHook | None = None
+
+    def thermal_guard(self, training: Any, device: Any) -> ThermalGuard:
+        """The guard of one run: the given one, one reading ``temperature``, else NVML (off on the CPU)."""
+        from .guards import ThermalGuard
+
+        if isinstance(self.temperature, ThermalGuard):
+            return self.temperature
+        return ThermalGuard.from_settings(training, device, read_temperature=self.temperature)
 
 
 @contextmanager

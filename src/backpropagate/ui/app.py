@@ -223,23 +223,11 @@ def build_app(ws: Workspace) -> Any:
             return "", run_text(record), ws.plot({record.run_id[:8]: record.loss_history}, f"run-{record.run_id[:8]}")
 
         def on_diff(a: str, b: str) -> tuple[Any, ...]:
-            from .. import runs
             from .views import diff_text
 
-            ra, rb = ws.get_run(a), ws.get_run(b)
-            if ra.output_dir == rb.output_dir:
-                d = runs.diff(ra.run_id, rb.run_id, ra.output_dir)
-            else:  # two output folders: compare the records directly, the way runs.diff does
-                from ..runs.history import RunDiff, flatten
-
-                fa, fb = flatten(ra.config), flatten(rb.config)
-                keys = sorted((set(fa) | set(fb)) - {"batch_size_resolved", "training.output_dir"})
-                d = RunDiff(ra, rb, {k: (fa.get(k), fb.get(k)) for k in keys if fa.get(k) != fb.get(k)},
-                            ra.dataset_hash == rb.dataset_hash and ra.dataset_hash is not None,
-                            {"final_loss": (ra.final_loss, rb.final_loss),
-                             "steps": (ra.completed_steps, rb.completed_steps)})
-            plot = ws.plot({ra.run_id[:8]: ra.loss_history, rb.run_id[:8]: rb.loss_history},
-                           f"diff-{ra.run_id[:8]}-{rb.run_id[:8]}")
+            d = ws.diff_runs(a, b)
+            plot = ws.plot({d.a.run_id[:8]: d.a.loss_history, d.b.run_id[:8]: d.b.loss_history},
+                           f"diff-{d.a.run_id[:8]}-{d.b.run_id[:8]}")
             return "", diff_text(d), plot
 
         def on_resume(run_id: str) -> str:

@@ -79,7 +79,7 @@ def runs_table(records: list[Any], root: Any) -> list[list[Any]]:
 
     rows = []
     for r in records:
-        kind = " (multi-run)" if "multi_run" in r.config else ""
+        kind = " (multi-run)" if r.is_campaign else ""
         try:
             output = str(Path(r.output_dir).relative_to(root))
         except (TypeError, ValueError):
@@ -120,7 +120,7 @@ def run_text(r: Any) -> str:
 
 
 def diff_text(d: Any) -> str:
-    """Two runs side by side, like ``backprop diff-runs``."""
+    """A ``runs.diff`` result (the one ``backprop diff-runs`` prints) as text: settings that differ, then results."""
     a, b = d.a.run_id[:8], d.b.run_id[:8]
     lines = [f"{'setting':<40} {a:<24} {b}"]
     if not d.config:
@@ -130,5 +130,9 @@ def diff_text(d: Any) -> str:
     lines.append("")
     lines.append(f"same dataset: {'yes' if d.same_dataset else 'no'}")
     for key, (x, y) in d.results.items():
-        lines.append(f"{key:<40} {str(x):<24} {y}")
+        lines.append(f"{key:<40} {_value(x):<24} {_value(y)}")
     return "\n".join(lines)
+
+
+def _value(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)

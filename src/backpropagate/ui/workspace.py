@@ -11,8 +11,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..atomic import write_file_atomically
 from ..errors import BackpropagateError, invalid_value
@@ -21,7 +22,7 @@ from .security import MAX_UPLOAD_BYTES, check_upload_size, resolve_inside, safe_
 
 __all__ = ["METHODS", "Workspace"]
 
-METHODS = {"LoRA": {}, "DoRA": {"use_dora": True}, "QLoRA": {"load_in_4bit": True}, "full": {"mode": "full"}}
+METHODS: dict[str, dict[str, Any]] = {"LoRA": {}, "DoRA": {"use_dora": True}, "QLoRA": {"load_in_4bit": True}, "full": {"mode": "full"}}
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -177,8 +178,8 @@ class Workspace:
                 "preview_tokens": total, "report": report_text}
 
     # ---- training --------------------------------------------------------------------------------
-    def make_trainer(self, *, model: str | None, preset: str = "quality", method: str = "LoRA",
-                     learning_rate: Any = None, max_seq_length: Any = 2048, output: Path | None = None) -> Any:
+    def make_trainer(self, *, model: str | None, preset: Literal["quality", "fast"] = "quality",
+                     method: str = "LoRA", learning_rate: Any = None, max_seq_length: Any = 2048, output: Path | None = None) -> Any:
         """A Trainer for the form's values; cheap (nothing loads), so bad combinations fail at once."""
         from .. import Trainer
 
@@ -211,8 +212,8 @@ class Workspace:
 
         def job(ctx: JobContext) -> dict[str, Any]:
             ctx.say(f"training {trainer.settings.model.name} on {self.relative(data)} for {steps} steps")
-            run = self._train_stoppable(ctx, trainer, output, str(data), steps=steps,
-                                        callback=TrainingCallback(on_log=ctx.on_log))
+            run = self._train_stoppable(ctx, trainer, output, lambda: trainer.train(
+                str(data), steps=steps, callback=TrainingCallback(on_log=ctx.on_log)))
             self._trained = (trainer, run.run_id)
             ctx.say(f"run {run.run_id[:8]} completed: final loss {run.final_loss:.4f}")
             return {"run_id": run.run_id, "final_loss": run.final_loss, "output": self.relative(Path(run.output_path))}
@@ -237,14 +238,9 @@ class Workspace:
         def job(ctx: JobContext) -> dict[str, Any]:
             ctx.say(f"multi-run over {len(paths)} dataset(s), {steps} steps per run")
             ctx.set_result(series=[f"run {i}" for i in range(1, (runs_n or len(paths)) + 1)])
-            try:
-                result = trainer.multi_run(paths if len(paths) > 1 else paths[0], num_runs=runs_n,
-                                           steps_per_run=steps, samples_per_run=samples,
-                                           callback=TrainingCallback(on_log=ctx.on_log),
-                                           fault_hook=lambda *_: ctx.check_stop())
-            except StopRequested:
-                self._note_stopped(ctx, output)
-                raise
+            result = self._train_stoppable(ctx, trainer, output, lambda: trainer.multi_run(
+                paths if len(paths) > 1 else paths[0], num_runs=runs_n, steps_per_run=steps,
+                samples_per_run=samples, callback=TrainingCallback(on_log=ctx.on_log)))
             self._trained = (trainer, result.run_id)
             return {"run_id": result.run_id, "forgetting": result.report.to_text(),
                     "heatmap": result.forgetting_png, "output": self.relative(Path(result.output_path))}
@@ -252,25 +248,18 @@ class Workspace:
         self.runner.start("multi-run", f"{len(paths)} dataset(s), {steps} steps per run", job)
         return self.relative(output)
 
-    def _train_stoppable(self, ctx: JobContext, trainer: Any, output: Path, *args: Any, **kwargs: Any) -> Any:
-        """``trainer.train`` with the page's Stop wired to ``trainer.stop()``: a checkpoint, then ``stopped``."""
+    def _train_stoppable(self, ctx: JobContext, trainer: Any, output: Path, train: Callable[[], Any]) -> Any:
+        """``train()`` (a ``trainer.train`` or ``multi_run`` call) with the page's Stop wired to ``trainer.stop()``:
+        a checkpoint, then ``stopped``."""
         from ..training.stop import RunInterrupted
 
         ctx.on_stop(lambda: trainer.stop("Stop pressed in the UI"))
         try:
-            return trainer.train(*args, **kwargs)
+            return train()
         except RunInterrupted as exc:
             ctx.set_result(run_id=exc.run_id, output=self.relative(output))
             ctx.say(f"stopped: {exc.message}")
             raise StopRequested(exc.message) from exc
-
-    def _note_stopped(self, ctx: JobContext, output: Path) -> None:
-        from .. import runs
-
-        if (output / "runs.db").exists():
-            newest = runs.list(output, limit=1)
-            if newest:
-                ctx.set_result(run_id=newest[0].run_id, output=self.relative(output))
 
     # ---- runs ------------------------------------------------------------------------------------
     def output_dirs(self) -> list[Path]:
@@ -283,21 +272,19 @@ class Workspace:
         """Every run recorded in the sandbox, newest first."""
         from .. import runs
 
-        records = [r for d in self.output_dirs() for r in runs.list(d)]
-        return sorted(records, key=lambda r: r.started_at, reverse=True)
+        return runs.list(self.output_dirs())
 
     def get_run(self, run_id: str) -> Any:
-        """A sandbox run by id or unique prefix."""
-        run_id = (run_id or "").strip()
-        if not run_id:
-            raise invalid_value("run id", run_id, "a run id or its first characters")
-        matches = [r for r in self.list_runs() if r.run_id.startswith(run_id)]
-        if not matches:
-            raise BackpropagateError("STATE_RUN_NOT_FOUND", f"no run {run_id!r} in the UI sandbox.")
-        if len({r.run_id for r in matches}) > 1:
-            raise BackpropagateError("INPUT_RUN_ID_AMBIGUOUS", f"{run_id!r} matches several runs: "
-                                     + ", ".join(r.run_id[:8] for r in matches))
-        return matches[0]
+        """A sandbox run by id or unique prefix: ``runs.get`` over the sandbox's output folders."""
+        from .. import runs
+
+        return runs.get(run_id, self.output_dirs())
+
+    def diff_runs(self, a: str, b: str) -> Any:
+        """``runs.diff`` of two sandbox runs (ids or prefixes), wherever in the sandbox each was trained."""
+        from .. import runs
+
+        return runs.diff(a, b, self.output_dirs())
 
     def plot(self, series: dict[str, list[float]], name: str) -> str | None:
         from .. import runs
@@ -311,24 +298,23 @@ class Workspace:
 
     def start_resume(self, run_id: str) -> str:
         """Finish an interrupted run (or campaign) from its last checkpoint, in the background."""
-        from .. import Trainer, TrainingCallback
+        from .. import TrainingCallback, runs
 
         record = self.get_run(run_id)
         output = Path(record.output_dir)
         resolve_inside(self.root, output)
-        trainer = Trainer.from_run(record.run_id, output)
-        campaign = "multi_run" in record.config
+        resumption = runs.prepare_resume(record.run_id, output)
+        trainer = resumption.trainer
 
         def job(ctx: JobContext) -> dict[str, Any]:
             callback = TrainingCallback(on_log=ctx.on_log)
             ctx.say(f"resuming run {record.run_id[:8]}")
-            if campaign:
-                result = trainer.multi_run(resume=record.run_id, callback=callback,
-                                           fault_hook=lambda *_: ctx.check_stop())
+            if resumption.is_campaign:
+                result = self._train_stoppable(ctx, trainer, output, lambda: resumption.run(callback=callback))
                 self._trained = (trainer, result.run_id)
                 return {"run_id": result.run_id, "forgetting": result.report.to_text(),
                         "heatmap": result.forgetting_png}
-            run = self._train_stoppable(ctx, trainer, output, resume=record.run_id, callback=callback)
+            run = self._train_stoppable(ctx, trainer, output, lambda: resumption.run(callback=callback))
             self._trained = (trainer, run.run_id)
             return {"run_id": run.run_id, "final_loss": run.final_loss}
 
