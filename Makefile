@@ -37,10 +37,8 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 
-# mypy (settings in pyproject.toml) on the packages that pass cleanly. training/ and continual/ are to be
-# added once the run pipeline settles (issue 18); cli/ once its generated options settle.
-TYPED_PACKAGES ?= src/backpropagate/export src/backpropagate/runs src/backpropagate/data src/backpropagate/ui \
-	src/backpropagate/testing
+# mypy (settings in pyproject.toml) on the whole package.
+TYPED_PACKAGES ?= src/backpropagate
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy $(TYPED_PACKAGES)
 

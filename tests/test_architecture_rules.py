@@ -30,16 +30,10 @@ PUBLIC_ANYWAY = {"_asdict": "namedtuple API", "_replace": "namedtuple API", "_fi
 
 #: (file relative to the repository, private name) -> why it is still there. Only ever remove entries.
 ALLOWED: dict[tuple[str, str], str] = {
-    ("src/backpropagate/training/adapters.py", "_name_or_path"):
-        "training/ is being restructured; PretrainedConfig.name_or_path is the public spelling to switch to",
-    ("src/backpropagate/training/model.py", "_name_or_path"):
-        "training/ is being restructured; PretrainedConfig.name_or_path is the public spelling to switch to",
     ("src/backpropagate/training/sharding.py", "_no_split_modules"):
         "transformers states a model's decoder-layer classes only there (accelerate's FSDP wrap reads it too)",
     ("src/backpropagate/testing/memory.py", "_python_dispatch"):
         "TorchDispatchMode, the test-only memory meter's hook, has no public import path in torch",
-    ("src/backpropagate/testing/memory.py", "_pytree"):
-        "torch's tree_flatten has no public import path in the pinned torch (torch.utils.pytree is absent)",
 }
 
 

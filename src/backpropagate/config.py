@@ -336,5 +336,6 @@ def _config_error(exc: ValidationError, *, from_env: bool) -> BackpropagateError
     if from_env:
         where = "BACKPROPAGATE_" + "__".join(loc).upper()
         return BackpropagateError("INPUT_CONFIG_INVALID", f"{where}: {err['msg']} (got {err.get('input')!r}).")
-    flat = {v: k for k, v in TRAINER_ARGS.items()}.get(tuple(loc[:2]), ".".join(loc))
+    by_field: dict[tuple[str, ...], str] = {v: k for k, v in TRAINER_ARGS.items()}
+    flat = by_field.get(tuple(loc[:2]), ".".join(loc))
     return BackpropagateError("INPUT_INVALID_VALUE", f"{flat}={err.get('input')!r} is invalid: {err['msg']}.")

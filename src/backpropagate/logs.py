@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,7 +20,7 @@ from .redaction import is_redacted, redact, redact_tree
 __all__ = ["bound_run", "configure", "get_logger", "is_redacted", "redact", "redact_tree"]
 
 
-def _redact_processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact_processor(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
     """Every value of the line, nested lists and dicts too; a value under a credential key is masked whole."""
     return redact_tree(event)
 

@@ -203,7 +203,7 @@ class MemoryPlan:
             lines.append(f"  {key:<18} {value / GB:8.2f} GB")
         lines.append(f"  {'peak (estimate)':<18} {self.total_bytes / GB:8.2f} GB")
         lines.append("")
-        if self.fits is None:
+        if self.capacity_bytes is None:  # self.fits is None
             lines.append(f"capacity   unknown ({self.capacity_label})")
         else:
             verdict = "fits" if self.fits else "does NOT fit"
@@ -301,7 +301,7 @@ def _activation_bytes_per_token(shape: ModelShape, s: PlanSettings, targets: lis
     if s.method == "full":  # + o_proj input, and gate, act(gate), up and their product for down_proj
         return 2 * 12 * h + attention + q * act + 4 * i * act
     per_layer = len(targets) / shape.num_layers
-    total = 2 * 4 * h + attention + 3 * i * act
+    total: float = 2 * 4 * h + attention + 3 * i * act
     if s.lora_dropout > 0:
         total += sum(x.in_features for x in targets) / shape.num_layers * (4 + 1)
     elif act == 4:  # fp32 model: adapters share the tensor the base layer reads
@@ -317,7 +317,7 @@ def make_plan(shape: ModelShape, s: PlanSettings, *, capacity_bytes: int | None,
               suggest: bool = True) -> MemoryPlan:
     """The plan for ``s``; when it does not fit, the cumulative changes that would make it fit."""
     trainable, components = estimate(shape, s)
-    notes = ()
+    notes: tuple[str, ...] = ()
     if s.method == "full" and shape.total_params > FULL_FT_MAX_PARAMS:
         notes = (f"mode='full' is refused above {FULL_FT_MAX_PARAMS / 1e9:.1f} B parameters "
                  "(RUNTIME_FULL_FT_MODEL_TOO_LARGE); use LoRA/QLoRA or a sub-4 B preset.",)

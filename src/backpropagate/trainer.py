@@ -13,6 +13,7 @@ from .errors import BackpropagateError, check_count
 from .logs import bound_run, configure, get_logger, is_redacted, redact, redact_tree
 from .redaction import check_model_id
 from .training.callbacks import TrainingCallback, TrainingRun
+from .training.parallel import Parallel, ProcessStrategy
 from .training.stop import RunControls
 
 if TYPE_CHECKING:
@@ -196,7 +197,6 @@ class Trainer:
         ``controls`` (a ``RunControls``) carries the stop signal ``stop()`` raises, another temperature
         sensor and fault injection.
         """
-        from .training.parallel import Parallel
         from .training.run import announce_rank, open_session, run_failures
 
         check_count("steps", steps)
@@ -217,7 +217,8 @@ class Trainer:
         callback.fire("on_complete", run)
         return run
 
-    def _run(self, session: Any, callback: TrainingCallback, log: Any, *, force: bool, parallel: Any) -> TrainingRun:
+    def _run(self, session: Any, callback: TrainingCallback, log: Any, *, force: bool,
+             parallel: ProcessStrategy) -> TrainingRun:
         """One run, top to bottom: defaults -> data -> resume checks -> model -> loop -> save -> history."""
         from .training.defaults import degradation_knobs, degradation_line
         from .training.run import load_data, loop_config, run_segment, share_checkpoint, training_samples
@@ -264,19 +265,18 @@ class Trainer:
         self._check_memory(defaults, log)
         return defaults
 
-    def _save_run(self, target: Path, callback: TrainingCallback, parallel: Any, log: Any) -> Path:
+    def _save_run(self, target: Path, callback: TrainingCallback, parallel: ProcessStrategy, log: Any) -> Path:
         """Save the trained adapter; a sharded model is gathered by every rank first, rank 0 writes."""
         weights = None
-        if parallel is not None and parallel.sharded:
+        if isinstance(parallel, Parallel) and parallel.sharded:
             weights, _ = parallel.gather(self.model)
             self._sharded = True
-        main = parallel is None or parallel.is_main
-        output = self._write(target, callback, weights) if main else target
-        if parallel is not None:
-            self._finish_rank(parallel, log, weights if main else None)
+        output = self._write(target, callback, weights) if parallel.is_main else target
+        if isinstance(parallel, Parallel):
+            self._finish_rank(parallel, log, weights if parallel.is_main else None)
         return output
 
-    def _finish_rank(self, parallel: Any, log: Any, gathered: dict[str, Any] | None = None) -> None:
+    def _finish_rank(self, parallel: Parallel, log: Any, gathered: dict[str, Any] | None = None) -> None:
         """Wait for rank 0's save, then each rank says which weights it ended with (they must agree).
 
         A sharded run's ranks hold different shards; only rank 0 has the gathered whole to show.
@@ -347,14 +347,12 @@ class Trainer:
             return Path(self.last_run.output_path)
         return self.output_dir / self._save_folder_name()
 
-    def _run_target(self, session: Any, parallel: Any, log: Any) -> Path:
+    def _run_target(self, session: Any, parallel: ProcessStrategy, log: Any) -> Path:
         """The folder this run saves to: ``<output>/lora`` when it holds the output folder's lock, else its own
         ``lora-<id8>`` beside it (said once, at start), so it never replaces a live run's adapter."""
         from .training.output_lock import LOCK_FILE, run_folder_name
 
-        owned = session.owns_output
-        if parallel is not None:
-            owned = parallel.broadcast(owned if parallel.is_main else None)
+        owned = parallel.broadcast(session.owns_output if parallel.is_main else None)
         target = self.output_dir / run_folder_name(self._save_folder_name(), session.run_id, owned)
         if not owned and session.main:
             log.warning("output_in_use", saving_to=str(target),

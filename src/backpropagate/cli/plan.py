@@ -29,8 +29,9 @@ def plan(
     import json
 
     from ..trainer import Trainer
-    from ..training.methods import method_arguments
+    from ..training.methods import MethodArguments, method_arguments
 
-    trainer = Trainer(**options, **(method_arguments(method) if method else {}))
+    chosen: MethodArguments = method_arguments(method) if method else {}
+    trainer = Trainer(**options, **chosen)
     result = trainer.plan(seq_len=seq_len, batch_size=batch_size, vram_gb=vram)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.report())

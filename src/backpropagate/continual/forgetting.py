@@ -234,6 +234,7 @@ class ForgettingReport:
 def _heatmap_figure(report: ForgettingReport) -> Figure:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.colors import Normalize
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise BackpropagateError("DEP_EXTRA_MISSING",
@@ -253,6 +254,8 @@ def _heatmap_figure(report: ForgettingReport) -> Figure:
         for i, row in enumerate(matrix):
             grid[i, :len(row)] = row
         image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+        norm = image.norm
+        assert isinstance(norm, Normalize)  # the one imshow makes of vmin/vmax; it maps a single value too
         fig.colorbar(image, ax=ax)
         ax.set_title(label)
         ax.set_xlabel("task (held-out slice)")
@@ -262,7 +265,7 @@ def _heatmap_figure(report: ForgettingReport) -> Figure:
         if n <= 10:  # beyond that the numbers no longer fit in the cells
             for i, row in enumerate(matrix):
                 for j, value in enumerate(row):
-                    r, g, b, _ = image.cmap(image.norm(value))
+                    r, g, b, _ = image.cmap(norm(value))
                     dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
                     ax.text(j, i, fmt.format(value), ha="center", va="center", fontsize=8,
                             color="white" if dark else "black")

@@ -22,9 +22,17 @@ def _lora_modules(model: torch.nn.Module, adapter: str) -> dict[str, torch.nn.Mo
     return found
 
 
+def _weight(module: torch.nn.Module, side: str, adapter: str) -> torch.Tensor:
+    """``module.lora_A[adapter].weight`` (``side`` "lora_A") or ``module.lora_B[adapter].weight``."""
+    weight = getattr(module, side)[adapter].weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{side}[{adapter!r}] of {type(module).__name__} has no weight tensor")
+    return weight
+
+
 def lora_pairs(model: torch.nn.Module, adapter: str = "default") -> dict[str, Pair]:
     """Copies of every adapted layer's (A, B)."""
-    return {name: (m.lora_A[adapter].weight.detach().clone(), m.lora_B[adapter].weight.detach().clone())
+    return {name: (_weight(m, "lora_A", adapter).detach().clone(), _weight(m, "lora_B", adapter).detach().clone())
             for name, m in _lora_modules(model, adapter).items()}
 
 
@@ -36,5 +44,5 @@ def set_lora_pairs(model: torch.nn.Module, pairs: Mapping[str, Pair], adapter: s
         raise KeyError(f"LoRA layers do not match: {missing}")
     with torch.no_grad():
         for name, (a, b) in pairs.items():
-            modules[name].lora_A[adapter].weight.copy_(a)
-            modules[name].lora_B[adapter].weight.copy_(b)
+            _weight(modules[name], "lora_A", adapter).copy_(a)
+            _weight(modules[name], "lora_B", adapter).copy_(b)

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 
 def proc_status_bytes(field: str) -> int:
@@ -45,8 +44,8 @@ class LiveTensorBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+        for t in _tensors(out):
+            if t.device.type == "cpu":
                 self._track(t)
         return out
 
@@ -67,6 +66,15 @@ class LiveTensorBytes(TorchDispatchMode):
         size, wide = self.live.pop(key, (0, False))
         self.total -= size
         self.wide -= size * wide
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors an operator returned: one, or a (nested) tuple or list of them."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, tuple | list):
+        return [t for item in value for t in _tensors(item)]
+    return []
 
 
 def build_wide_vocab_model(work: Path, vocab: int = 151_936, rows: int = 40) -> tuple[Path, Path]:

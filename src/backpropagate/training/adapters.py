@@ -14,7 +14,7 @@ import tempfile
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -60,11 +60,12 @@ def build_lora(model: Any, lora: LoraSettings, seed: int, *, model_name: str) ->
 
     from ..presets import resolve_target_modules
 
-    init: bool | str = "pissa" if lora.init_weights == "pissa" else True
+    init: bool | Literal["pissa"] = "pissa" if lora.init_weights == "pissa" else True
     linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
     targets = lora.target_modules if isinstance(lora.target_modules, str) else tuple(lora.target_modules)
     resolved = resolve_target_modules(targets, linears)
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+    # peft annotates lora_alpha as int; it only divides by it, and a fractional alpha is the user's to set.
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,  # type: ignore[arg-type]
                         target_modules=resolved if isinstance(resolved, str) else list(resolved),
                         bias="none", task_type="CAUSAL_LM",
                         use_dora=lora.use_dora, init_lora_weights=init)
@@ -125,7 +126,7 @@ _NAMED_FILES = ("adapter_config.json", "config.json", "tokenizer_config.json", "
 def _base_names(model: Any, tokenizer: Any) -> list[str]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     names = [c.base_model_name_or_path for c in (getattr(model, "peft_config", None) or {}).values()]
-    names += [getattr(getattr(base, "config", None), "_name_or_path", None), getattr(tokenizer, "name_or_path", None)]
+    names += [getattr(getattr(base, "config", None), "name_or_path", None), getattr(tokenizer, "name_or_path", None)]
     return [n for n in names if isinstance(n, str) and n]
 
 

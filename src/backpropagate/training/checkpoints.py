@@ -72,6 +72,24 @@ def step_dir_name(step: int) -> str:
 # --------------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------------
+def _trainer_state(state: LoopState, run_id: str, elapsed_seconds: float, rng: Any, *,
+                   optimizer_saved: bool) -> dict[str, Any]:
+    """trainer_state.json: where the loop stands (step, batch shape, data position, RNG, history so far)."""
+    trainer_state = {
+        "format": FORMAT_VERSION, "run_id": run_id, "step": state.step, "steps_total": state.steps_total,
+        "batch_size": state.batch_size, "gradient_accumulation": state.gradient_accumulation,
+        "stream": {**state.stream.state_dict(), "seed": state.stream.seed,
+                   "plan_sha256": state.stream.plan_digest()},
+        "epochs_announced": state.epochs_announced, "loss_history": state.result.loss_history,
+        "samples_seen": state.result.samples_seen, "label_tokens": state.result.label_tokens,
+        "tokens_seen": state.tokens_seen, "elapsed_seconds": elapsed_seconds, "rng": rng_to_json(rng),
+        "optimizer_saved": optimizer_saved,
+    }
+    if state.parallel.zero_stage is not None:  # what the partitions fit
+        trainer_state["zero"] = {"world_size": state.parallel.world_size, "stage": state.parallel.zero_stage}
+    return trainer_state
+
+
 def write_checkpoint(run_dir: Path, state: LoopState, *, run_id: str, config: dict[str, Any],
                      elapsed_seconds: float = 0.0, fault_hook: FaultHook | None = None,
                      gathered: tuple[dict[str, torch.Tensor], dict[str, Any] | None] | None = None,
@@ -90,22 +108,11 @@ def write_checkpoint(run_dir: Path, state: LoopState, *, run_id: str, config: di
                                  "are not visible from rank 0.",
                                  hint="DeepSpeed checkpoints need an output directory every node shares.")
     weights, optimizer_state = gathered or (trainable_weights(state.model), state.optimizer.state_dict())
-    optimizer_saved = optimizer_state is not None  # DeepSpeed's partitioned state is not (see training.zero)
     step = state.step
     delay = float(os.environ.get(DELAY_ENV) or 0)
     rng = capture_rng()
-    trainer_state = {
-        "format": FORMAT_VERSION, "run_id": run_id, "step": step, "steps_total": state.steps_total,
-        "batch_size": state.batch_size, "gradient_accumulation": state.gradient_accumulation,
-        "stream": {**state.stream.state_dict(), "seed": state.stream.seed,
-                   "plan_sha256": state.stream.plan_digest()},
-        "epochs_announced": state.epochs_announced, "loss_history": state.result.loss_history,
-        "samples_seen": state.result.samples_seen, "label_tokens": state.result.label_tokens,
-        "tokens_seen": state.tokens_seen, "elapsed_seconds": elapsed_seconds, "rng": rng_to_json(rng),
-        "optimizer_saved": optimizer_saved,
-    }
-    if state.parallel is not None and state.parallel.zero_stage is not None:  # what the partitions fit
-        trainer_state["zero"] = {"world_size": state.parallel.world_size, "stage": state.parallel.zero_stage}
+    # DeepSpeed's partitioned optimizer state is not in optimizer.pt (see training.zero)
+    trainer_state = _trainer_state(state, run_id, elapsed_seconds, rng, optimizer_saved=optimizer_state is not None)
     writers: list[tuple[str, Any]] = [
         ("weights.safetensors", lambda path: _save_safetensors(weights, path)),
         ("optimizer.pt", lambda path: torch.save(optimizer_state or {}, path)),
@@ -288,7 +295,7 @@ def restore_into(state: LoopState, ckpt: LoadedCheckpoint, *, keep_batch: bool =
         raise BackpropagateError(
             "INPUT_RESUME_MISMATCH", f"the weights of checkpoint {ckpt.path} do not fit this model "
             "(different adapter rank, target modules or mode).")
-    strategy = state.parallel.strategy if state.parallel is not None else None
+    strategy = state.parallel.strategy
     torch_optimizer = bool(ts.get("optimizer_saved", True)) and strategy != "deepspeed"
     if strategy == "fsdp":
         from .sharding import load_full_state

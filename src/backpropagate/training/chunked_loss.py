@@ -82,10 +82,11 @@ def loss_head(model: torch.nn.Module) -> LossHead | None:
     lm = _causal_lm(model)
     config = getattr(lm, "config", None)
     kind = _HEAD_TRANSFORMS.get(str(getattr(config, "model_type", "")))
-    if kind is None or not hasattr(lm, "get_decoder") or not hasattr(lm, "get_output_embeddings"):
+    get_decoder, get_head = getattr(lm, "get_decoder", None), getattr(lm, "get_output_embeddings", None)
+    if kind is None or get_decoder is None or get_head is None:
         return None
     try:
-        decoder, head = lm.get_decoder(), lm.get_output_embeddings()
+        decoder, head = get_decoder(), get_head()
     except (AttributeError, NotImplementedError, ValueError):
         return None
     transform = _transform(kind, config)
@@ -166,6 +167,13 @@ def _chunk_loss(parts: LossHead, hidden: torch.Tensor, targets: torch.Tensor) ->
     return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
 
 
+def _vocab_size(head: torch.nn.Module) -> int:
+    """Rows of the head's weight; a linear head, plain or LoRA-wrapped (whose ``weight`` is the base's)."""
+    weight = head.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight.shape[0]
+
+
 def chunked_cross_entropy(parts: LossHead, hidden: torch.Tensor, targets: torch.Tensor,
                           chunk_tokens: int | None = None) -> torch.Tensor:
     """Summed cross-entropy of ``transform(head(hidden))`` against ``targets`` (no ignored ones).
@@ -173,7 +181,7 @@ def chunked_cross_entropy(parts: LossHead, hidden: torch.Tensor, targets: torch.
     A plain ``nn.Linear`` head goes through the fused function above; any other head (a LoRA-wrapped
     one) runs each chunk under non-reentrant checkpointing, RNG kept so its dropout recomputes alike.
     """
-    chunk = chunk_tokens or chunk_tokens_for(parts.head.weight.shape[0])
+    chunk = chunk_tokens or chunk_tokens_for(_vocab_size(parts.head))
     head = parts.head
     if type(head) is torch.nn.Linear:
         return _LinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, parts, chunk)

@@ -154,6 +154,7 @@ def _fit(settings: Settings, facts: HardwareFacts, knobs: Knobs, precision: str,
     except BackpropagateError as exc:
         return None, Choice("memory", "not planned", f"the model's config is not readable ({exc.code}); "
                                                      "the values are not fitted to the card")
+    assert facts.vram_gb is not None  # a CUDA HardwareFacts carries its card's memory
     bnb = facts.bitsandbytes if facts.bitsandbytes is not None else _bnb_installed()
     fit = fit_to_card(settings, shape, knobs, int(facts.vram_gb * GB), precision=precision,
                       checkpointing=checkpointing, batch_free=batch_free, bitsandbytes=bnb, seq_len=seq_len)
@@ -269,9 +270,7 @@ def needs_bitsandbytes(optim: str) -> bool:
 def degradation_knobs(settings: Settings) -> dict[str, Any]:
     """The graceful-degradation switches of this run; guards may add their own."""
     knobs: dict[str, Any] = {}
-    for group in (settings.training, settings.model):
-        if "oom_recovery" in type(group).model_fields:
-            knobs["oom_recovery"] = group.oom_recovery
+    knobs["oom_recovery"] = settings.training.oom_recovery
     knobs["unsloth_fallback"] = settings.model.unsloth_fallback
     return knobs
 

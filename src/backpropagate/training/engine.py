@@ -7,7 +7,6 @@ what is being minimised.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -24,6 +23,7 @@ from ..data.templates import IGNORE_INDEX, TokenizedSample
 from ..errors import BackpropagateError
 from .callbacks import TrainingCallback
 from .optimizers import create_optimizer
+from .parallel import Parallel, ProcessStrategy, SingleProcess
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,8 @@ class DataStream:
 
     def take(self, n: int) -> tuple[list[PackedRow], bool]:
         """The next ``n`` rows, and whether an epoch ended while taking them."""
-        rows, wrapped = [], False
+        rows: list[PackedRow] = []
+        wrapped = False
         while len(rows) < n:
             if self.position == len(self._rows):
                 self.epoch += 1
@@ -154,7 +155,7 @@ class LoopState:
     step: int = 0  # optimizer steps completed
     tokens_seen: int = 0
     epochs_announced: int = 0
-    parallel: Any = None  # training.parallel.Parallel of a multi-process run
+    parallel: ProcessStrategy = field(default_factory=SingleProcess)  # one process, or its place among several
     forward_model: Any = None  # what is called: ``model`` (also when FSDP-sharded), DDP or DeepSpeed around it
     engine_state: Any = None  # a restored DeepSpeed optimizer partition, until its engine exists
     chunked_loss: bool = False  # LoopConfig.chunked_loss
@@ -180,40 +181,24 @@ class LoopHooks:
 
 def train_loop(model: torch.nn.Module, samples: Sequence[TokenizedSample], cfg: LoopConfig, *,
                pad_token_id: int, callback: TrainingCallback | None = None, log: Any = None,
-               hooks: LoopHooks | None = None, parallel: Any = None) -> LoopResult:
+               hooks: LoopHooks | None = None, parallel: ProcessStrategy | None = None) -> LoopResult:
     """Run optimizer steps up to ``cfg.steps`` over ``samples`` and return the per-step losses.
 
-    With ``parallel`` (a ``training.parallel.Parallel``) this process trains its share of every step.
+    ``parallel`` is the process strategy (default: one process); under ``training.parallel.Parallel``
+    this process trains its share of every step.
     """
     from .guards import OomRecovery
 
+    parallel = parallel if parallel is not None else SingleProcess()
     callback = callback or TrainingCallback()
     hooks = hooks or LoopHooks()
     oom = hooks.oom or OomRecovery(log=log)
-    if parallel is not None and oom.enabled:  # one rank halving its batch alone would stall the others
+    if parallel.distributed and oom.enabled:  # one rank halving its batch alone would stall the others
         oom = OomRecovery(enabled=False, log=log)
         if log is not None:
             log.info("oom_recovery_off", reason="multi-process run: every rank must keep the same micro-batch")
-    torch.manual_seed(cfg.seed)
-    stream = DataStream(samples, cfg.max_seq_length, packing=cfg.packing, seed=cfg.seed, shuffle=cfg.shuffle)
-    # What the loop calls: FSDP shards the parameters in place, so the optimizer is built after wrapping;
-    # DeepSpeed's engine takes the optimizer and the restored weights, so it is built after the restore.
-    engine_later = parallel is not None and parallel.steps_inside
-    forward_model = parallel.wrap(model) if parallel is not None and not engine_later else model
-    optimizer, scheduler = build_optimizer(model, cfg)
-    state = LoopState(model=model, optimizer=optimizer, scheduler=scheduler, stream=stream,
-                      result=LoopResult(truncated=stream.truncated), batch_size=cfg.batch_size,
-                      gradient_accumulation=cfg.gradient_accumulation, steps_total=cfg.steps,
-                      parallel=parallel, forward_model=forward_model, chunked_loss=cfg.chunked_loss)
-    if hooks.restore is not None:
-        hooks.restore(state)  # weights, optimizer, schedule, data position and RNG of a checkpoint
-    if engine_later:
-        state.forward_model = parallel.wrap_engine(model, optimizer, scheduler, micro_batch=state.batch_size,
-                                                   accumulation=state.gradient_accumulation,
-                                                   max_grad_norm=cfg.max_grad_norm)
-        if state.engine_state is not None:
-            parallel.restore_engine(state.forward_model, state.engine_state)
-            state.engine_state = None
+    state = _start(model, samples, cfg, hooks, parallel)
+    stream, optimizer, scheduler, engine_later = state.stream, state.optimizer, state.scheduler, parallel.steps_inside
     if stream.truncated and log is not None:
         log.warning("samples_truncated", count=stream.truncated, max_seq_length=cfg.max_seq_length)
     model.train()
@@ -252,6 +237,32 @@ def train_loop(model: torch.nn.Module, samples: Sequence[TokenizedSample], cfg: 
     return state.result
 
 
+def _start(model: torch.nn.Module, samples: Sequence[TokenizedSample], cfg: LoopConfig, hooks: LoopHooks,
+           parallel: ProcessStrategy) -> LoopState:
+    """The loop's state before step 1: seeded stream, the model as called, optimizer, any restored checkpoint."""
+    torch.manual_seed(cfg.seed)
+    stream = DataStream(samples, cfg.max_seq_length, packing=cfg.packing, seed=cfg.seed, shuffle=cfg.shuffle)
+    # What the loop calls: FSDP shards the parameters in place, so the optimizer is built after wrapping;
+    # DeepSpeed's engine takes the optimizer and the restored weights, so it is built after the restore.
+    engine_later = parallel.steps_inside
+    forward_model = model if engine_later else parallel.wrap(model)
+    optimizer, scheduler = build_optimizer(model, cfg)
+    state = LoopState(model=model, optimizer=optimizer, scheduler=scheduler, stream=stream,
+                      result=LoopResult(truncated=stream.truncated), batch_size=cfg.batch_size,
+                      gradient_accumulation=cfg.gradient_accumulation, steps_total=cfg.steps,
+                      parallel=parallel, forward_model=forward_model, chunked_loss=cfg.chunked_loss)
+    if hooks.restore is not None:
+        hooks.restore(state)  # weights, optimizer, schedule, data position and RNG of a checkpoint
+    if isinstance(parallel, Parallel) and engine_later:
+        state.forward_model = parallel.wrap_engine(model, optimizer, scheduler, micro_batch=state.batch_size,
+                                                   accumulation=state.gradient_accumulation,
+                                                   max_grad_norm=cfg.max_grad_norm)
+        if state.engine_state is not None:
+            parallel.restore_engine(state.forward_model, state.engine_state)
+            state.engine_state = None
+    return state
+
+
 def _accumulate(state: LoopState, step: int, pad_token_id: int, callback: TrainingCallback,
                 fault: FaultHook | None) -> tuple[list[list[PackedRow]], float, int]:
     """Forward and backward passes of one optimizer step: its micro-batches, summed loss and target count.
@@ -261,38 +272,31 @@ def _accumulate(state: LoopState, step: int, pad_token_id: int, callback: Traini
     """
     parallel = state.parallel
     micro_batches = [_take(state, callback) for _ in range(state.gradient_accumulation)]
-    n_targets = sum(t != IGNORE_INDEX for rows in micro_batches for r in rows for t in r.targets)
-    scale = 1.0
-    if parallel is not None:
-        n_targets = int(parallel.all_sum(n_targets))
-        scale = float(parallel.world_size)
+    n_targets = int(parallel.all_sum(sum(t != IGNORE_INDEX for rows in micro_batches for r in rows
+                                         for t in r.targets)))
+    scale = float(parallel.world_size)
     loss_total = 0.0
     # A wrapped model (DDP, FSDP, DeepSpeed) must be called whole, or its hooks miss the forward.
-    chunked = state.chunked_loss and parallel is None
+    chunked = state.chunked_loss and not parallel.distributed
     last = len(micro_batches) - 1
     for index, rows in enumerate(micro_batches):
         if fault is not None:
             fault("micro_batch", step, index)
-        sync = parallel is None or index == last
-        with parallel.no_sync(state.forward_model, sync) if parallel is not None else contextlib.nullcontext():
+        with parallel.no_sync(state.forward_model, index == last):
             loss_sum, _ = forward_packed(state.forward_model, collate(rows, pad_token_id),
                                          chunked_loss=chunked)
-            if parallel is not None and parallel.steps_inside:  # the engine counts every micro-batch
+            if isinstance(parallel, Parallel) and parallel.steps_inside:  # the engine counts every micro-batch
                 parallel.backward(state.forward_model, loss_sum * (scale / n_targets if n_targets else 0.0))
             elif n_targets:
                 (loss_sum * (scale / n_targets)).backward()
         loss_total += float(loss_sum.detach())
-    if parallel is not None:
-        loss_total = parallel.all_sum(loss_total)
-    return micro_batches, loss_total, n_targets
+    return micro_batches, parallel.all_sum(loss_total), n_targets
 
 
 def _take(state: LoopState, callback: TrainingCallback) -> list[PackedRow]:
-    if state.parallel is None:
-        rows, _ = state.stream.take(state.batch_size)
-    else:  # every rank reads the whole global micro-batch and keeps its slice, so the order is shared
-        rows, _ = state.stream.take(state.batch_size * state.parallel.world_size)
-        rows = state.parallel.my_rows(rows)
+    # every rank reads the whole global micro-batch and keeps its slice, so the order is shared
+    rows, _ = state.stream.take(state.batch_size * state.parallel.world_size)
+    rows = state.parallel.my_rows(rows)
     while state.epochs_announced < state.stream.epoch:  # announced once, even when a step is redone
         state.epochs_announced += 1
         callback.fire("on_epoch", state.epochs_announced)

@@ -191,6 +191,7 @@ def memory_plan(settings: Settings, defaults: Any, *, seq_len: int | None = None
 
     facts: HardwareFacts = defaults.hardware
     if facts.device == "cuda":
+        assert facts.vram_gb is not None  # a CUDA HardwareFacts carries its card's memory
         capacity, label = int(facts.vram_gb * GB), f"on {facts.gpu_name}"
     elif facts.ram_gb:
         capacity, label = int(facts.ram_gb * GB), "in this machine's RAM (CPU training)"
@@ -207,7 +208,7 @@ def memory_plan(settings: Settings, defaults: Any, *, seq_len: int | None = None
 
 def check_fit(plan: MemoryPlan, settings: Settings) -> None:
     """RUNTIME_WILL_NOT_FIT when the plan's peak exceeds the card, unless ``memory_check`` says otherwise."""
-    if plan.fits is not False or settings.training.memory_check != "refuse":
+    if plan.fits is not False or plan.capacity_bytes is None or settings.training.memory_check != "refuse":
         return
     gb = 1024**3
     set_by_user = [arg for arg in ("load_in_4bit", "batch_size", "lora_r", "lora_preset", "target_modules", "optim",

@@ -60,6 +60,7 @@ class _Weights:
 def init_loftq(peft_model: Any, model_name: str, adapter: str = "default") -> int:
     """Set A and B of every 4-bit LoRA layer from the SVD of its quantization error; returns the count."""
     import bitsandbytes.functional as bnbf
+    from bitsandbytes.nn import Params4bit
     from peft.tuners.lora.bnb import Linear4bit
 
     weights = _Weights(model_name)
@@ -68,12 +69,16 @@ def init_loftq(peft_model: Any, model_name: str, adapter: str = "default") -> in
         if not isinstance(module, Linear4bit) or adapter not in module.lora_A:
             continue
         base = module.get_base_layer().weight
+        if not isinstance(base, Params4bit):
+            raise TypeError(f"LoftQ: {name} is a 4-bit layer without 4-bit weights ({type(base).__name__})")
         original = weights.get(name.removeprefix(_PREFIX) + ".weight").to(torch.float32)
         quantized = bnbf.dequantize_4bit(base.data, base.quant_state).to(torch.float32)
         u, s, vh = torch.linalg.svd(original - quantized, full_matrices=False)
         r = module.r[adapter]
         root = s[:r].sqrt() / math.sqrt(module.scaling[adapter])
         lora_a, lora_b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+        if not isinstance(lora_a, torch.Tensor) or not isinstance(lora_b, torch.Tensor):
+            raise TypeError(f"LoftQ: the LoRA layers of {name} have no weight tensors")
         lora_b.copy_((u[:, :r] * root).to(lora_b.dtype))
         lora_a.copy_((root[:, None] * vh[:r]).to(lora_a.dtype))
         done += 1

@@ -6,6 +6,8 @@ instead of after minutes of loading weights.
 
 from __future__ import annotations
 
+from typing import Literal, TypedDict
+
 from ..config import Settings
 from ..errors import BackpropagateError, invalid_value
 
@@ -85,10 +87,18 @@ def check_min_version(dist: str, minimum: str, feature: str) -> str:
 METHODS = ("lora", "qlora", "dora", "full")
 
 
-def method_arguments(method: str) -> dict[str, object]:
+class MethodArguments(TypedDict, total=False):
+    """The ``Trainer`` arguments a method name sets."""
+
+    load_in_4bit: bool
+    use_dora: bool
+    mode: Literal["lora", "full"]
+
+
+def method_arguments(method: str) -> MethodArguments:
     """Trainer arguments for a method name of ``backprop plan --method``."""
-    table: dict[str, dict[str, object]] = {"lora": {"load_in_4bit": False}, "qlora": {"load_in_4bit": True}, "dora": {"use_dora": True},
-                                           "full": {"mode": "full"}}
+    table: dict[str, MethodArguments] = {"lora": {"load_in_4bit": False}, "qlora": {"load_in_4bit": True},
+                                         "dora": {"use_dora": True}, "full": {"mode": "full"}}
     if method not in table:
         raise invalid_value("method", method, "one of " + ", ".join(METHODS))
     return table[method]

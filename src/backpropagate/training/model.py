@@ -63,7 +63,8 @@ def load_model(settings: ModelSettings, device: torch.device, dtype: torch.dtype
     except Exception as exc:  # noqa: BLE001
         raise _load_error(name, exc) from exc
     model.config.use_cache = False  # training: a KV cache would also break packed attention
-    return model if settings.load_in_4bit else model.to(device)
+    # transformers wraps Module.to with functools.wraps, whose stub drops the method's binding of self.
+    return model if settings.load_in_4bit else model.to(device)  # type: ignore[arg-type]
 
 
 def _load_error(name: str, exc: Exception) -> BackpropagateError:
@@ -83,5 +84,5 @@ def apply_lora(model: Any, lora: LoraSettings, seed: int) -> Any:
     """
     from .adapters import build_lora
 
-    name = getattr(model.config, "_name_or_path", "")
+    name = getattr(model.config, "name_or_path", "")
     return build_lora(model, lora, seed, model_name=name).model

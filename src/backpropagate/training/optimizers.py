@@ -40,7 +40,8 @@ def create_optimizer(model: torch.nn.Module, name: str, *, learning_rate: float,
     args = TrainingArguments(output_dir=tempfile.gettempdir(), optim=name, learning_rate=learning_rate,
                              weight_decay=weight_decay, report_to="none", use_cpu=on_cpu)
     try:
-        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        # transformers annotates PreTrainedModel; it only walks the modules (a peft wrapper works alike).
+        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)  # type: ignore[arg-type]
     except (ImportError, ValueError) as exc:  # the optimizer's package is not installed
         raise BackpropagateError("DEP_EXTRA_MISSING", f"optim={name!r}: {exc}",
                                  hint="Install the package named in the message, or pick another optim.") from exc

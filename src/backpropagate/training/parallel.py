@@ -36,6 +36,41 @@ def world_from_env() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+class SingleProcess:
+    """The strategy of a run in one process: it owns the whole model, writes everything, and every
+    collective is the identity. The loop calls it exactly as it calls :class:`Parallel`."""
+
+    rank, world_size, local_rank = 0, 1, 0
+    strategy: str | None = None  # what checkpoints record for one process
+    distributed = False
+    is_main = True
+    sharded = False
+    steps_inside = False
+    zero_stage: int | None = None
+
+    def broadcast(self, value: Any) -> Any:
+        return value
+
+    def all_sum(self, value: float) -> float:
+        return value
+
+    def barrier(self) -> None:
+        """Nothing to wait for."""
+
+    def wrap(self, model: Any) -> Any:
+        return model
+
+    def my_rows(self, rows: list[Any]) -> list[Any]:
+        return rows
+
+    @contextlib.contextmanager
+    def no_sync(self, model: Any, sync: bool) -> Iterator[None]:
+        yield
+
+    def stage_partitions(self, engine: Any, staging: Path) -> dict[str, Path]:
+        return {}
+
+
 @dataclass
 class Parallel:
     """This process's place in a multi-process run."""
@@ -46,6 +81,7 @@ class Parallel:
     local_rank: int
     strategy: str = "ddp"  # "ddp" (every rank holds the whole model), "fsdp" or "deepspeed" (partitioned)
     deepspeed: dict[str, Any] | None = None  # the DeepSpeed config (without the batch shape) of "deepspeed"
+    distributed = True
 
     @property
     def accelerator(self) -> Any:
@@ -76,11 +112,11 @@ class Parallel:
         return int(self.deepspeed["zero_optimization"]["stage"]) if self.deepspeed is not None else None
 
     @classmethod
-    def from_env(cls, training: Any = None) -> Parallel | None:
-        """The running multi-process context (strategy from ``TrainingSettings``), or None for one process."""
+    def from_env(cls, training: Any = None) -> Parallel | SingleProcess:
+        """The running multi-process context (strategy from ``TrainingSettings``), or one process's."""
         rank, world, local_rank = world_from_env()
         if world <= 1:
-            return None
+            return SingleProcess()
         import torch
 
         if torch.cuda.is_available():
@@ -213,3 +249,6 @@ def check_nproc(nproc: int) -> None:
         raise BackpropagateError("INPUT_INVALID_VALUE", f"--nproc {nproc} asks for more processes than the "
                                  f"{torch.cuda.device_count()} GPU(s) of this machine.",
                                  hint="Use one process per GPU, or --nnodes for more machines.")
+
+
+ProcessStrategy = Parallel | SingleProcess  # what the loop, the session and the checkpoints are given

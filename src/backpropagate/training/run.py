@@ -20,26 +20,23 @@ from ..logs import configure, redact
 from .callbacks import TrainingCallback
 from .defaults import RunDefaults
 from .loader import LoadedModel, load_for_training
+from .parallel import ProcessStrategy
 from .session import RunSession
 from .stop import RunControls, RunInterrupted
 
 
-def open_session(output_dir: Path, parallel: Any, *, resume: str | bool | None, data: Any, steps: int | None,
+def open_session(output_dir: Path, parallel: ProcessStrategy, *, resume: str | bool | None, data: Any, steps: int | None,
                  format: str | None, text_column: str | None, curriculum: bool) -> RunSession:
     """The run to train (new, or the one to resume); with several processes rank 0 decides for all."""
-    main = parallel is None or parallel.is_main
     session = RunSession.open(output_dir, resume=resume, data=data, steps=steps, format=format,
-                              text_column=text_column, curriculum=curriculum) if main else None
-    if parallel is None:
-        assert session is not None
-        return session
+                              text_column=text_column, curriculum=curriculum) if parallel.is_main else None
     shared = parallel.broadcast(session.shared() if session is not None else None)
     return session if session is not None else RunSession.follower(output_dir, shared, data)
 
 
-def announce_rank(parallel: Any, log: Any) -> None:
+def announce_rank(parallel: ProcessStrategy, log: Any) -> None:
     """Each rank says who it is; then only rank 0 keeps logging (one log for the run)."""
-    if parallel is None:
+    if not parallel.distributed:
         return
     log.info("rank_started", rank=parallel.rank, world_size=parallel.world_size, local_rank=parallel.local_rank)
     if not parallel.is_main:
@@ -56,10 +53,8 @@ def load_data(session: RunSession, defaults: RunDefaults, log: Any) -> Any:
     return loaded
 
 
-def share_checkpoint(session: RunSession, parallel: Any) -> None:
+def share_checkpoint(session: RunSession, parallel: ProcessStrategy) -> None:
     """Every rank resumes from the checkpoint rank 0 chose."""
-    if parallel is None:
-        return
     chosen = parallel.broadcast(str(session.checkpoint.path) if session.checkpoint else None)
     if not parallel.is_main:
         session.adopt_checkpoint(chosen)
@@ -101,7 +96,7 @@ def loop_config(settings: Settings, defaults: RunDefaults, *, steps: int, seed: 
 
 def run_segment(session: RunSession, loaded: LoadedModel, samples: Sequence[Any], loop: Any, *,
                 callback: TrainingCallback, log: Any, controls: RunControls | None = None,
-                parallel: Any = None) -> Any:
+                parallel: ProcessStrategy | None = None) -> Any:
     """Train ``loop.steps`` steps under ``session``: resume from its checkpoint, checkpoint every
     ``save_steps``, thermal and stop checks after each step, OOM recovery; returns an ``engine.LoopResult``."""
     from .engine import train_loop

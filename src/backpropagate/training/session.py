@@ -28,6 +28,7 @@ from .checkpoints import (
 from .engine import LoopHooks, LoopState
 from .guards import OomRecovery, ThermalGuard
 from .output_lock import OutputLock
+from .parallel import Parallel
 from .resume import choose_checkpoint, config_differences, pick_run, run_config
 from .stop import RunControls, StopRequested
 
@@ -202,7 +203,7 @@ class RunSession:
         save_steps = self.settings.training.save_steps
         if (save_steps and state.step % save_steps == 0) or state.step == state.steps_total:
             self.save_checkpoint(state)
-        sharded = state.parallel is not None and state.parallel.sharded
+        sharded = state.parallel.sharded
         if self.guard is not None:  # rank 0 alone reads the sensor, so it cannot start a sharded gather
             self.guard.check(state.step, (lambda: None) if sharded else lambda: self.save_checkpoint(state), self._log)
         stop = self._controls.stop
@@ -228,7 +229,7 @@ class RunSession:
             return None
         gathered, staged = None, {}
         staging = self.run_dir / f"{step_dir_name(state.step)}.ranks"
-        if state.parallel is not None and state.parallel.sharded:
+        if isinstance(state.parallel, Parallel) and state.parallel.sharded:
             gathered = state.parallel.gather(state.model, state.optimizer)
             staged = state.parallel.stage_partitions(state.forward_model, staging)
         if not self.main:

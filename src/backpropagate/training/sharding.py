@@ -14,11 +14,14 @@ one process, and the other way round.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from ..errors import BackpropagateError
+
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, ValueType
 
 
 def check_fsdp(settings: Any) -> None:
@@ -37,7 +40,8 @@ def check_fsdp(settings: Any) -> None:
 
 def decoder_layer_classes(model: torch.nn.Module) -> set[str]:
     """Class names of the decoder layers (transformers' ``_no_split_modules``) of a (PEFT-wrapped) model."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if get_base is not None else model
     names = set(getattr(base, "_no_split_modules", None) or ())
     if not names:
         raise BackpropagateError("INPUT_STRATEGY_UNSUPPORTED", f"{type(base).__name__} does not name its decoder "
@@ -65,10 +69,12 @@ def shard_fsdp(model: torch.nn.Module, world_size: int) -> torch.nn.Module:
     return model
 
 
-def _options(**extra: bool) -> Any:
+def _options(*, cpu_offload: bool = False, ignore_frozen_params: bool = False,
+             strict: bool = True) -> StateDictOptions:
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(full_state_dict=True, **extra)
+    return StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload,
+                            ignore_frozen_params=ignore_frozen_params, strict=strict)
 
 
 def gather_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
@@ -81,9 +87,11 @@ def gather_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer |
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     names = {id(p): name for name, p in model.named_parameters()}
-    weights = get_model_state_dict(model, options=_options(cpu_offload=True, ignore_frozen_params=True))
+    # A full model state dict holds tensors; torch annotates every state-dict value type (ValueType).
+    full_weights = cast("dict[str, torch.Tensor]",
+                        get_model_state_dict(model, options=_options(cpu_offload=True, ignore_frozen_params=True)))
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    weights = {name: tensor.contiguous() for name, tensor in weights.items() if name in trainable}
+    weights = {name: tensor.contiguous() for name, tensor in full_weights.items() if name in trainable}
     if optimizer is None:
         return weights, None
     full = get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
@@ -97,7 +105,8 @@ def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, we
     """Put full weights and a ``state_dict()``-layout optimizer state back into the sharded model (every rank)."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    set_model_state_dict(model, weights, options=_options(strict=False))
+    # Tensors are state-dict values (ValueType); dict is invariant, and the caller's dict itself is passed.
+    set_model_state_dict(model, cast("dict[str, ValueType]", weights), options=_options(strict=False))
     if optimizer_state is None:
         return
     names = {id(p): name for name, p in model.named_parameters()}

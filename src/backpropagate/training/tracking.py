@@ -111,7 +111,7 @@ class TrackerHub:
 
         def on_log(metrics: dict[str, Any]) -> None:
             inner.fire("on_log", metrics)
-            values = {key: metrics[key] for key in ("loss", "learning_rate", "tokens_per_second") if key in metrics}
+            values: dict[str, Any] = {key: metrics[key] for key in ("loss", "learning_rate", "tokens_per_second") if key in metrics}
             values.update(_gpu_memory())
             if "run" in metrics:
                 values["multi_run/run"] = metrics["run"]
