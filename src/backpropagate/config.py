@@ -152,6 +152,17 @@ class TrainingSettings(BaseModel):
                              "end); 0 saves only at the end.", ge=0, le=COUNT_MAX, changes_training=False)
     keep_checkpoints: int = option(2, "How many of the newest checkpoints of a run to keep (>= 1).", ge=1,
                                    le=COUNT_MAX, changes_training=False)
+    eval_steps: int = option(50, "With held-out rows (eval_data, eval_fraction, or automatic on 1000+ rows): "
+                             "evaluate every this many optimizer steps, and at the end (> 0).", gt=0, le=COUNT_MAX,
+                             campaign=False)
+    early_stopping_patience: int | None = option(
+        None, "Stop after this many evaluations in a row without improvement of the held-out loss (a complete "
+        "run); needs an evaluation. Unset: never stop early.", ge=1, le=COUNT_MAX, campaign=False)
+    early_stopping_min_delta: float = option(0.0, "The held-out loss must fall by more than this to count as an "
+                                             "improvement (>= 0).", ge=0, campaign=False)
+    keep_best: bool = option(False, "Save the adapter of the best evaluation as the run's adapter (the last "
+                             "step's goes to <name>-last); off: the last step's (the best goes to <name>-best).",
+                             campaign=False)
     oom_recovery: bool = option(
         True, "On a GPU out-of-memory error, halve the micro-batch, double the accumulation (same rows per step) "
         "and redo the step; False makes the first OOM a RUNTIME_GPU_OOM failure.", changes_training=False)

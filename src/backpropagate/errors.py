@@ -30,6 +30,12 @@ _SPECS = [
               "or mistyped value.", "See the command's --help for its options."),
     ErrorSpec("INPUT_SEQUENCE_TOO_SHORT", "max_seq_length cuts every sample before its first trained token.",
               "Raise max_seq_length (the message says to what), or shorten the prompts."),
+    ErrorSpec("INPUT_EVAL_CONFLICT", "Evaluation arguments that cannot go together (eval_data with eval_fraction, "
+              "eval_fraction with curriculum).", "Pass either a held-out file (eval_data) or a share to hold out."),
+    ErrorSpec("INPUT_EVAL_EMPTY", "The held-out rows leave nothing to train on, have nothing to score, or cannot be "
+              "drawn without duplicates.", "Hold out a smaller share, rows with assistant replies, or dedup first."),
+    ErrorSpec("INPUT_EVAL_MISSING", "Early stopping was asked for without any evaluation.",
+              "Pass eval_data (--eval-data) or eval_fraction (--eval-fraction)."),
     ErrorSpec("INPUT_FILE_NOT_FOUND", "The dataset path does not exist.",
               "Check the path; relative paths are resolved from the current directory."),
     ErrorSpec("INPUT_DATASET_EMPTY", "The dataset has no rows.",
@@ -179,6 +185,8 @@ _SPECS = [
               retryable=True),
     ErrorSpec("STATE_NOT_TRAINED", "The trainer has no trained model yet.",
               "Call trainer.train(...) before save()/export()."),
+    ErrorSpec("STATE_NO_ADAPTER", "Full fine-tuning has no adapter to switch off for a base-model answer.",
+              "Chat with a second, untrained Trainer(model), or compare with sample_prompts (before/after)."),
     ErrorSpec("STATE_MODEL_SHARDED", "After an FSDP or DeepSpeed run each process holds only a share of the model in memory.",
               "Export or chat from the folder the run saved, in one process."),
     ErrorSpec("STATE_CHECKPOINT_INVALID", "A checkpoint is missing files or fails its checksums.",

@@ -53,6 +53,10 @@ class Trainer:
         trust_remote_code: bool | None = None,
         save_steps: int | None = None,
         keep_checkpoints: int | None = None,
+        eval_steps: int | None = None,
+        early_stopping_patience: int | None = None,
+        early_stopping_min_delta: float | None = None,
+        keep_best: bool | None = None,
         oom_recovery: bool | None = None,
         thermal_pause_celsius: float | None = None,
         thermal_resume_celsius: float | None = None,
@@ -179,10 +183,11 @@ class Trainer:
             self.model, self.tokenizer, self.backend = self._loaded.model, self._loaded.tokenizer, self._loaded.backend
         return self._loaded
 
-    def train(self, data: Any = None, steps: int | None = None, *, callback: TrainingCallback | None = None,
+    def train(self, data: Any = None, steps: int | None = None, *, eval_data: Any = None,
+              eval_fraction: float | None = None, callback: TrainingCallback | None = None,
               format: str | None = None, text_column: str | None = None, curriculum: bool = False,
               resume: str | bool | None = None, force: bool = False, controls: RunControls | None = None,
-              ) -> TrainingRun:
+              sample_prompts: list[str] | None = None) -> TrainingRun:
         """Train for ``steps`` optimizer steps on ``data`` and save the adapter to ``<output_dir>/lora``.
 
         ``data`` is a file path (JSONL, JSON, CSV, Parquet, TXT), a ``save_to_disk`` folder, a hub
@@ -194,12 +199,20 @@ class Trainer:
         (or a unique prefix), or ``True`` for the newest unfinished run in ``output_dir`` (a new run starts
         when there is none). ``data``, ``steps``, ``format``, ``text_column`` and ``curriculum`` then default
         to the run's own; other data or settings are refused (``INPUT_RESUME_MISMATCH``) unless ``force``.
+        ``eval_data`` (a dataset like ``data``) or ``eval_fraction`` (a seeded share in (0, 0.5] of the rows
+        that occur once in ``data``) is scored every ``eval_steps`` steps and at the end (``run.eval_history``);
+        with neither, 5 % of a dataset of 1000+ rows is held out (at most 500), a smaller one is not.
         ``controls`` (a ``RunControls``) carries the stop signal ``stop()`` raises, another temperature
-        sensor and fault injection.
+        sensor and fault injection. ``sample_prompts``: each is answered greedily by the base model before
+        the first step and by the tuned model after the last (``run.sample_answers``, ``show-run``).
         """
+        from .training.answers import check_sample_prompts
+        from .training.evaluation import EvalRequest
         from .training.run import announce_rank, open_session, run_failures
 
         check_count("steps", steps)
+        evaluation = EvalRequest.check(eval_data, eval_fraction, self.settings.training, curriculum=curriculum)
+        prompts = check_sample_prompts(sample_prompts)
         check_output_dir(self.output_dir)
         self.controls = controls or self.controls
         self.controls.stop.clear()
@@ -211,45 +224,56 @@ class Trainer:
         with bound_run(session.run_id), run_failures(session, callback, log):
             announce_rank(parallel, log)
             log.info("run_started", run_id=session.run_id, model=self.settings.model.name, resume=session.resuming)
-            run = self._run(session, callback, log, force=force, parallel=parallel)
+            run = self._run(session, callback, log, force=force, parallel=parallel, prompts=prompts,
+                            evaluation=evaluation)
             log.info("run_completed", steps=run.steps, final_loss=round(run.final_loss, 5),
                      output=run.output_path, seconds=round(run.duration_seconds, 1))
         callback.fire("on_complete", run)
         return run
 
     def _run(self, session: Any, callback: TrainingCallback, log: Any, *, force: bool,
-             parallel: ProcessStrategy) -> TrainingRun:
+             parallel: ProcessStrategy, prompts: list[str], evaluation: Any) -> TrainingRun:
         """One run, top to bottom: defaults -> data -> resume checks -> model -> loop -> save -> history."""
+        from .training.answers import sample_answers_before
         from .training.defaults import degradation_knobs, degradation_line
+        from .training.evaluation import finish
         from .training.run import load_data, loop_config, run_segment, share_checkpoint, training_samples
         from .training.tracking import TrackerHub
 
         started, cfg = time.perf_counter(), self.settings.training
         defaults = self._start_up(log)
-        data = load_data(session, defaults, log)
+        recorded = session.record.config.get("evaluation") if session.record is not None else None
+        data = evaluation.split(load_data(session, defaults, log), seed=cfg.seed, defaults=defaults, log=log,
+                                curriculum=session.curriculum, recorded=recorded)  # held out before the model loads
         session.prepare(self.settings, data.fingerprint, force=force, log=log)  # resume checks, cheap
         share_checkpoint(session, parallel)
         loaded = self.load(defaults)
         log.info(degradation_line(degradation_knobs(self.settings), loaded.notes), backend=loaded.backend)
+        answers = sample_answers_before(loaded.model, loaded.tokenizer, prompts, held_out=evaluation.held_out,
+                                        distributed=parallel.distributed, log=log)
         samples = training_samples(loaded.tokenizer, data, defaults, curriculum=session.curriculum,
                                    source=session.data, log=log)
+        evaluator = evaluation.evaluator(loaded, defaults, cfg, session, log, distributed=parallel.distributed)
         loop = loop_config(self.settings, defaults, steps=session.steps, seed=cfg.seed, shuffle=not session.curriculum)
         session.begin(model_name=self.settings.model.name, batch_size=defaults.batch_size)
         target = self._run_target(session, parallel, log)
         trackers = TrackerHub.open(cfg.report_to, run_id=session.run_id, output_dir=self.output_dir,
                                    config=session.config, log=log, main=session.main)
         try:
-            result = run_segment(session, loaded, samples, loop, callback=trackers.callback(callback), log=log,
-                                 controls=self.controls, parallel=parallel)
+            answering = answers.at_evaluations(callback, loaded.model, loaded.tokenizer)
+            result = run_segment(session, loaded, samples, loop, callback=trackers.callback(answering), log=log,
+                                 controls=self.controls, parallel=parallel, evaluator=evaluator)
         except BaseException:
             trackers.finish()
             raise
         trackers.finish({"loss": result.loss_history[-1], "tokens_trained": result.label_tokens,
                          "duration_seconds": time.perf_counter() - started}, step=session.steps)
         run = TrainingRun(
-            run_id=session.run_id, steps=session.steps, final_loss=result.loss_history[-1],
-            loss_history=result.loss_history, output_path=str(self._save_run(target, callback, parallel, log)),
+            run_id=session.run_id, final_loss=result.loss_history[-1], loss_history=result.loss_history,
+            **finish(evaluator, loaded.model, target, lambda path: self._save_run(path, callback, parallel, log),
+                     keep_best=cfg.keep_best, steps=session.steps, result=result),
             duration_seconds=time.perf_counter() - started, samples_seen=result.samples_seen,
+            sample_answers=answers.after_training(loaded.model, loaded.tokenizer),
             tokens_trained=result.label_tokens, dataset_format=data.report.name, truncated_samples=result.truncated,
             config={**redact_tree(self.settings.model_dump(mode="json")), "batch_size_resolved": defaults.batch_size,
                     "resolved": {c.setting: c.value for c in defaults.choices} | {"backend": loaded.backend}})
@@ -407,26 +431,23 @@ class Trainer:
                 hint=f"Use the folder the run saved ({self._saved_dir()}): "
                      "`backprop export` it from one process.")
 
-    def chat(self, prompt: str, *, max_new_tokens: int = 64, system: str | None = None) -> str:
-        """Greedy reply of the trained model to one user message, rendered with its chat template."""
-        import torch
+    def chat(self, prompt: str, *, max_new_tokens: int = 64, system: str | None = None, adapter: bool = True) -> str:
+        """Greedy reply to one user message, rendered with the model's chat template.
 
-        from .data.templates import end_of_turn_tokens
+        ``adapter=False`` answers with the base model (the adapter switched off; full fine-tuning has none
+        once trained: STATE_NO_ADAPTER). Before training it loads the model and answers with the base
+        model, saying so once per call, so "how did the base model answer this?" works at any time.
+        """
+        from .training.answers import greedy_answer, has_adapter
 
-        if self.model is None:
-            raise BackpropagateError("STATE_NOT_TRAINED", "there is no trained model to chat with yet.")
+        if self.last_run is None:
+            self.load()
+            adapter = not has_adapter(self.model)  # the base: adapter off, or full fine-tuning's loaded weights
+            get_logger().warning("chat_untrained", note="the model is not trained yet: this is the base model's "
+                                 "answer")
         self._check_whole()
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        stop = [self.tokenizer.convert_tokens_to_ids(t) for t in end_of_turn_tokens(self.tokenizer)]
-        device = next(self.model.parameters()).device
-        with torch.no_grad():
-            out = self.model.generate(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
-                                      max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
-                                      pad_token_id=self.tokenizer.pad_token_id, use_cache=True)
-        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        return greedy_answer(self.model, self.tokenizer, prompt, max_new_tokens=max_new_tokens, system=system,
+                             adapter=adapter)
 
     def export(self, format: str = "gguf", *, quantization: str = "q4_k_m", output: str | Path | None = None,
                overwrite: bool = False, verify: bool = True, ollama: bool = False, ollama_name: str | None = None,

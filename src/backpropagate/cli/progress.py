@@ -1,4 +1,4 @@
-"""A rich progress bar fed by TrainingCallback.on_log: step, loss and tokens/s."""
+"""A rich progress bar fed by TrainingCallback.on_log (step, loss, tokens/s) and on_evaluate (eval loss)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ class TrainingProgress:
     def __init__(self, total: int | None, *, enabled: bool = True) -> None:
         self._progress = Progress(
             TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[eval]}"),
+            TextColumn("{task.fields[tps]} tok/s"),
             TimeElapsedColumn(), TimeRemainingColumn(), transient=False, disable=not enabled)
-        self._task = self._progress.add_task("train", total=total, loss="-", tps="-")
+        self._task = self._progress.add_task("train", total=total, loss="-", tps="-", eval="")
         self._started = False  # shown from the first step on, after the start-up log lines
 
     def set_total(self, total: int) -> None:
@@ -36,8 +37,11 @@ class TrainingProgress:
         self._progress.update(self._task, completed=metrics["step"], total=metrics["steps_total"],
                               loss=f"{metrics['loss']:.4f}", tps=f"{metrics['tokens_per_second']:.0f}")
 
+    def _on_evaluate(self, step: int, metrics: dict[str, float]) -> None:
+        self._progress.update(self._task, eval=f"eval {metrics['loss']:.4f}")
+
     def callback(self) -> TrainingCallback:
-        return TrainingCallback(on_log=self._on_log)
+        return TrainingCallback(on_log=self._on_log, on_evaluate=self._on_evaluate)
 
     def __enter__(self) -> TrainingProgress:
         return self

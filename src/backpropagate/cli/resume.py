@@ -22,7 +22,7 @@ def resume(
     """Continue an interrupted run (or multi-run campaign) where it stopped, with its own data and settings."""
     from .. import runs
     from .progress import TrainingProgress
-    from .train import interruptible
+    from .train import interruptible, print_run
 
     resumption = runs.prepare_resume(run_id, output, model=model)
     if resumption.is_campaign:
@@ -34,8 +34,5 @@ def resume(
         return
     with interruptible(resumption.trainer), TrainingProgress(None) as progress:
         run = resumption.run(data, force=force, callback=progress.callback())
-    typer.echo(f"run_id: {run.run_id}")
-    typer.echo(f"steps: {run.steps}  final loss: {run.final_loss:.4f}  "
-               f"(first {run.loss_history[0]:.4f})  {run.duration_seconds:.1f}s")
-    typer.echo(f"adapter: {run.output_path}")
+    print_run(run)
 

@@ -100,10 +100,31 @@ def show_run(
     for key, value in flatten(redact_tree(r.config)).items():
         typer.echo(redact(f"  {key} = {json.dumps(value, default=str)}"))
     _show_campaign(r)
+    _show_eval(r)
+    if r.details.get("sample_answers"):
+        from ..training.answers import answers_text
+
+        typer.echo("\nbefore / after (greedy: base model, then the tuned one)")
+        typer.echo(redact(answers_text(r.details["sample_answers"])))
     typer.echo("\nloss")
     typer.echo(runs.terminal_curve(r.loss_history))
     if plot is not None:
         typer.echo(f"plot: {runs.plot_losses({r.run_id[:8]: r.loss_history}, plot, title=f'run {r.run_id[:8]}')}")
+
+
+def _show_eval(r: Any) -> None:
+    """The held-out loss of every evaluation, the best one, and why the run stopped early (if it did)."""
+    history = r.details.get("eval_history")
+    if not history:
+        return
+    typer.echo(f"\neval loss   best {r.details['best_eval_loss']:.4f} at step {r.details['best_step']}"
+               f"   (held-out rows, mean loss per label token)")
+    typer.echo("  " + "   ".join(f"step {step}: {loss:.4f}" for step, loss in history))
+    if r.details.get("stop_reason"):
+        typer.echo(f"stopped     {r.details['stop_reason']}")
+    for key in ("best_adapter_path", "final_adapter_path"):
+        if r.details.get(key):
+            typer.echo(redact(f"{key.split('_')[0]:<11} {r.details[key]}"))
 
 
 def _show_campaign(r: Any) -> None:

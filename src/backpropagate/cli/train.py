@@ -23,6 +23,10 @@ def train(
     text_column: str = typer.Option(None, help="Column holding raw or ChatML text [default: text]."),
     curriculum: bool = typer.Option(False, "--curriculum", help="Train easy to hard without shuffling: the "
                                     "rows' difficulty column (backprop data curriculum), else a length score."),
+    eval_data: str = typer.Option(None, "--eval-data", help="Held-out dataset (any supported format) scored every "
+                                  "--eval-steps and at the end [default: none; 5 % of a 1000+ row dataset]."),
+    eval_fraction: float = typer.Option(None, "--eval-fraction", help="Hold out this share, in (0, 0.5], of the "
+                                        "rows that occur once in --data (seeded) and score them instead."),
     resume: str = typer.Option(None, "--resume", help="Continue this interrupted run (id or unique prefix) "
                                "from its last checkpoint, bit for bit; see also `backprop resume`."),
     force: bool = typer.Option(False, "--force", help="With --resume: continue even if the data or settings "
@@ -35,6 +39,9 @@ def train(
     master_port: int = typer.Option(None, "--master-port", help="Port on node 0 [default: 29500]."),
     fsdp: bool = typer.Option(False, "--fsdp", help="Same as --strategy fsdp: shard weights, gradients and "
                               "optimizer state across the processes (PyTorch FSDP) instead of DDP."),
+    sample_prompt: list[str] = typer.Option(None, "--sample-prompt", help="A prompt the base model answers "
+                                            "before training and the tuned one after (greedy, 32 tokens; "
+                                            "shown at the end and by show-run). Repeatable."),
     **options: Any,
 ) -> None:
     """Fine-tune a LoRA adapter on a dataset and save it to <output>/lora (--mode full: <output>/model)."""
@@ -55,15 +62,44 @@ def train(
 
         raise typer.Exit(launch(sys.argv[1:], nproc=nproc or 1, nnodes=nnodes, node_rank=node_rank,
                                 master_addr=master_addr, master_port=master_port))
-    with interruptible(trainer), TrainingProgress(steps, enabled=os.environ.get("RANK", "0") == "0") as progress:
+    with interruptible(trainer), TrainingProgress(steps, enabled=os.environ.get("RANK", "0") == "0") as progress, \
+            process_group_closed():
         run = trainer.train(data, steps=steps, callback=progress.callback(), format=format,
-                            text_column=text_column, curriculum=curriculum, resume=resume, force=force)
-    if os.environ.get("RANK", "0") != "0":
-        return  # the other ranks of a multi-process run: rank 0 reports
+                            text_column=text_column, curriculum=curriculum, resume=resume, force=force,
+                            eval_data=eval_data, eval_fraction=eval_fraction,
+                            sample_prompts=sample_prompt or None)
+    if os.environ.get("RANK", "0") == "0":  # the other ranks of a multi-process run: rank 0 reports
+        print_run(run)
+
+
+def print_run(run: Any) -> None:
+    """The end-of-run summary: id, losses, where the adapter is, evaluation and before/after answers."""
     typer.echo(f"run_id: {run.run_id}")
     typer.echo(f"steps: {run.steps}  final loss: {run.final_loss:.4f}  "
                f"(first {run.loss_history[0]:.4f})  {run.duration_seconds:.1f}s")
     typer.echo(f"adapter: {run.output_path}")
+    if run.eval_history:
+        typer.echo(f"eval loss: {run.eval_history[-1][1]:.4f}  best {run.best_eval_loss:.4f} at step "
+                   f"{run.best_step}" + (f"  ({run.stop_reason})" if run.stop_reason else ""))
+    if run.sample_answers:
+        from ..logs import redact
+        from ..training.answers import answers_text
+
+        typer.echo("before / after:\n" + redact(answers_text(run.sample_answers)))
+
+
+@contextmanager
+def process_group_closed() -> Iterator[None]:
+    """Under a launcher, close the process group before the interpreter exits: left to the destructors at
+    shutdown, a rank can abort ("terminate called without an active exception") after a finished run."""
+    try:
+        yield
+    finally:
+        import sys
+
+        dist = sys.modules.get("torch.distributed")  # only if the run imported it
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 @contextmanager

@@ -146,7 +146,9 @@ def diff_runs(a: str, b: str, output_dir: OutputDirs = None) -> RunDiff:
     def results(r: RunRecord) -> dict[str, Any]:
         return {"status": r.status, "steps": r.completed_steps, "final_loss": r.final_loss,
                 "best_loss": min(r.loss_history) if r.loss_history else None,
-                "duration_seconds": duration_seconds(r), "tokens_per_second": r.details.get("tokens_per_second")}
+                "duration_seconds": duration_seconds(r), "tokens_per_second": r.details.get("tokens_per_second"),
+                "best_eval_loss": r.details.get("best_eval_loss"), "best_eval_step": r.details.get("best_step"),
+                "stop_reason": r.details.get("stop_reason")}
 
     res_a, res_b = results(ra), results(rb)
     return RunDiff(a=ra, b=rb, config=config, same_dataset=ra.dataset_hash == rb.dataset_hash,

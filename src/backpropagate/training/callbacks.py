@@ -21,6 +21,8 @@ class TrainingCallback:
     on_complete: Callable[[TrainingRun], Any] | None = None
     on_error: Callable[[Exception], Any] | None = None
     on_log: Callable[[dict[str, Any]], Any] | None = None
+    on_evaluate: Callable[[int, dict[str, float]], Any] | None = None
+    """After each held-out evaluation: (step, {"loss": mean loss per label token, "perplexity": ...})."""
 
     def fire(self, hook: str, *args: Any) -> None:
         fn = getattr(self, hook)
@@ -44,3 +46,15 @@ class TrainingRun:
     dataset_format: str = ""
     truncated_samples: int = 0
     config: dict[str, Any] = field(default_factory=dict)
+    sample_answers: list[dict[str, Any]] = field(default_factory=list)
+    """One {prompt, before, after} per sample prompt: greedy answers of the base and the tuned model (and
+    ``evaluations``, [{step, answer}], when the run evaluated)."""
+    eval_history: list[tuple[int, float]] = field(default_factory=list)
+    """(step, held-out loss) of every evaluation; empty when the run held nothing out."""
+    best_eval_loss: float | None = None
+    best_step: int | None = None
+    stop_reason: str | None = None
+    """Why the run ended before its last step (early stopping); None when it ran every step."""
+    final_adapter_path: str | None = None
+    """With evaluation both adapters are kept: the last step's and the best evaluation's."""
+    best_adapter_path: str | None = None

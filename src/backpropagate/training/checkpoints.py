@@ -7,7 +7,8 @@ Layout of one checkpoint, ``<output_dir>/checkpoints/<run_id>/step-000040/``:
     scheduler.pt          LR schedule state (same)
     rng.safetensors       torch CPU (and CUDA) generator states
     trainer_state.json    step, micro-batch, data position + packing-order digest, loss history, counters,
-                          Python and numpy generator states
+                          Python and numpy generator states, the hooks' state (``extra``: evaluation history,
+                          best, patience count)
     config.json           the run's resolved configuration and dataset fingerprint
     zero/optimizer-rank<r>.pt  DeepSpeed runs only: each rank's optimizer partition (training.zero)
     manifest.json         sha256 and size of every file above, written last
@@ -83,7 +84,7 @@ def _trainer_state(state: LoopState, run_id: str, elapsed_seconds: float, rng: A
         "epochs_announced": state.epochs_announced, "loss_history": state.result.loss_history,
         "samples_seen": state.result.samples_seen, "label_tokens": state.result.label_tokens,
         "tokens_seen": state.tokens_seen, "elapsed_seconds": elapsed_seconds, "rng": rng_to_json(rng),
-        "optimizer_saved": optimizer_saved,
+        "optimizer_saved": optimizer_saved, "extra": state.extra,
     }
     if state.parallel.zero_stage is not None:  # what the partitions fit
         trainer_state["zero"] = {"world_size": state.parallel.world_size, "stage": state.parallel.zero_stage}
@@ -322,6 +323,7 @@ def restore_into(state: LoopState, ckpt: LoadedCheckpoint, *, keep_batch: bool =
     state.tokens_seen = ts["tokens_seen"]
     state.result.loss_history = list(ts["loss_history"])
     state.result.samples_seen, state.result.label_tokens = ts["samples_seen"], ts["label_tokens"]
+    state.extra = dict(ts.get("extra", {}))
     restore_rng(rng_from_saved(ts["rng"], ckpt.rng))  # last: nothing above may draw from a generator
     return optimizer_restored
 

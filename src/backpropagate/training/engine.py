@@ -159,6 +159,8 @@ class LoopState:
     forward_model: Any = None  # what is called: ``model`` (also when FSDP-sharded), DDP or DeepSpeed around it
     engine_state: Any = None  # a restored DeepSpeed optimizer partition, until its engine exists
     chunked_loss: bool = False  # LoopConfig.chunked_loss
+    stop_reason: str | None = None  # set by a hook (early stopping): the loop ends after this step, complete
+    extra: dict[str, Any] = field(default_factory=dict)  # hooks' own state, saved in checkpoints (evaluation)
 
 
 FaultHook = Callable[[str, int, Any], None]
@@ -204,7 +206,7 @@ def train_loop(model: torch.nn.Module, samples: Sequence[TokenizedSample], cfg: 
     model.train()
     started, tokens_at_start = time.perf_counter(), state.tokens_seen
     trainable = [p for p in model.parameters() if p.requires_grad]
-    while state.step < cfg.steps:
+    while state.step < cfg.steps and state.stop_reason is None:
         step = state.step + 1
         micro_batches, loss_total, n_targets = oom.run_step(
             state, step, functools.partial(_accumulate, state, step, pad_token_id, callback, hooks.fault))

@@ -96,12 +96,16 @@ def loop_config(settings: Settings, defaults: RunDefaults, *, steps: int, seed: 
 
 def run_segment(session: RunSession, loaded: LoadedModel, samples: Sequence[Any], loop: Any, *,
                 callback: TrainingCallback, log: Any, controls: RunControls | None = None,
-                parallel: ProcessStrategy | None = None) -> Any:
+                parallel: ProcessStrategy | None = None, evaluator: Any = None) -> Any:
     """Train ``loop.steps`` steps under ``session``: resume from its checkpoint, checkpoint every
-    ``save_steps``, thermal and stop checks after each step, OOM recovery; returns an ``engine.LoopResult``."""
+    ``save_steps``, thermal and stop checks after each step, OOM recovery; returns an ``engine.LoopResult``.
+    An ``evaluation.Evaluator`` scores the held-out rows before each step's checkpoint (and may stop early)."""
     from .engine import train_loop
 
     hooks = session.loop_hooks(loaded.model, callback=callback, log=log, controls=controls)
+    if evaluator is not None:
+        evaluator.callback = callback
+        hooks = evaluator.wrap(hooks)
     return train_loop(loaded.model, samples, loop, pad_token_id=loaded.tokenizer.pad_token_id, callback=callback,
                       log=log, hooks=hooks, parallel=parallel)
 

@@ -269,7 +269,9 @@ class RunSession:
         seconds = run.duration_seconds
         self.store.set_details(self.run_id, {
             "tokens_trained": run.tokens_trained, "samples_seen": run.samples_seen, "duration_seconds": seconds,
-            "tokens_per_second": run.tokens_trained / seconds if seconds > 0 else None})
+            "tokens_per_second": run.tokens_trained / seconds if seconds > 0 else None,
+            **({"sample_answers": run.sample_answers} if getattr(run, "sample_answers", None) else {}),
+            **_eval_details(run)})
 
     def fail(self, exc: BaseException, log: Any = None) -> None:
         """Close the history row of a run that stopped early; never masks the original error."""
@@ -290,6 +292,15 @@ class RunSession:
         """Give the output folder back to the next run."""
         if self.lock is not None:
             self.lock.release()
+
+
+def _eval_details(run: Any) -> dict[str, Any]:
+    """The held-out evaluation as the history keeps it (``show-run``, ``diff-runs``, ``export-runs``)."""
+    if not getattr(run, "eval_history", None):
+        return {}
+    return {"eval_history": [list(h) for h in run.eval_history], "best_eval_loss": run.best_eval_loss,
+            "best_step": run.best_step, "stop_reason": run.stop_reason,
+            "final_adapter_path": run.final_adapter_path, "best_adapter_path": run.best_adapter_path}
 
 
 def _data_path(data: Any) -> str | None:

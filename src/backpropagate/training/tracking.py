@@ -117,8 +117,13 @@ class TrackerHub:
                 values["multi_run/run"] = metrics["run"]
             self.log({f"train/{k}": v for k, v in values.items()}, step=int(metrics["step"]))
 
+        def on_evaluate(step: int, metrics: dict[str, float]) -> None:
+            inner.fire("on_evaluate", step, metrics)
+            self.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+
         return TrainingCallback(on_step=inner.on_step, on_epoch=inner.on_epoch, on_save=inner.on_save,
-                                on_complete=inner.on_complete, on_error=inner.on_error, on_log=on_log)
+                                on_complete=inner.on_complete, on_error=inner.on_error, on_log=on_log,
+                                on_evaluate=on_evaluate)
 
     def finish(self, final: Mapping[str, Any] | None = None, step: int | None = None) -> None:
         if final:

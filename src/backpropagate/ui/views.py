@@ -112,6 +112,10 @@ def run_text(r: Any) -> str:
     forgetting = r.details.get("forgetting")
     if forgetting:
         lines.append(f"forgetting  {forgetting.get('summary') or forgetting}")
+    if r.details.get("sample_answers"):
+        from ..training.answers import answers_text
+
+        lines += ["", "before / after (greedy: base model, then the tuned one)", answers_text(r.details["sample_answers"])]
     lines.append("")
     lines.append("settings")
     for key, value in flatten(r.config).items():
