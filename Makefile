@@ -9,15 +9,21 @@ TORCH_SPEC ?= torch==2.13.0
 PIP_TORCH_ARGS ?=
 # The extras `make test` needs: every optional feature is tested, so all of them but the heaviest.
 EXTRAS ?= dev,export,qlora,data,ui,tracking,deepspeed
+# The extras `make demo` installs: only what the demo uses (export: the GGUF step and llama.cpp chat), so a
+# first try is minutes, not a quarter hour. `make demo-full` installs EXTRAS instead; any other set:
+#   make demo DEMO_EXTRAS=export,tracking
+DEMO_EXTRAS ?= export
 # llama-cpp-python compiles from source; a native build segfaults on the first decode of a quantized
 # model on some (AMX-capable) CPUs, so it is built for the generic target.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# One stamp per set of extras: `make demo` then `make test` adds the test extras to the same .venv.
 STAMP := $(VENV)/.installed-$(EXTRAS)
+DEMO_STAMP := $(VENV)/.installed-$(DEMO_EXTRAS)
 
-.PHONY: install test lint typecheck demo bench clean browser assets
+.PHONY: install test lint typecheck demo demo-full bench clean browser assets
 
 # The web UI's browser tests drive Debian's chromium through Playwright (browser downloads are not
 # possible here). Installed when missing and running as root; otherwise those tests skip and say why.
@@ -25,12 +31,13 @@ browser:
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-$(STAMP): pyproject.toml Makefile
+# The stem is "-<extras>" ("-" alone: core only). --no-compile: Python compiles a module the first time it
+# is imported instead of pip compiling every file of torch and friends up front.
+$(VENV)/.installed%: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_SPEC)" $(PIP_TORCH_ARGS)
-	$(PIP) install -q -e ".[$(EXTRAS)]"
-	touch $(STAMP)
+	$(PIP) install -q --no-compile "$(TORCH_SPEC)" $(PIP_TORCH_ARGS)
+	$(PIP) install -q --no-compile -e ".$(if $(patsubst -%,%,$*),[$(patsubst -%,%,$*)])"
+	touch $@
 
 install: $(STAMP)
 
@@ -50,8 +57,17 @@ assets: $(STAMP)
 test: $(STAMP) lint typecheck browser assets
 	$(VENV)/bin/pytest -q
 
-demo: $(STAMP)
+# The demo reports to no experiment tracker (BACKPROPAGATE_TRAINING__REPORT_TO=<names> asks for some).
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/backprop demo
+	@echo "installed: backpropagate $$($(PY) -c 'import backpropagate as b; print(b.__version__)') + torch" \
+		"$$($(PY) -c 'import torch; print(torch.__version__)'), extras [$(DEMO_EXTRAS)], in $(VENV)" \
+		"(make demo-full: every extra)"
+	@echo "next: $(VENV)/bin/backprop train --data your.jsonl --model qwen2.5-3b --steps 100 --output ./output" \
+		"(rows like examples/quickstart.jsonl)"
+
+demo-full:
+	$(MAKE) demo DEMO_EXTRAS=$(EXTRAS)
 
 bench: $(STAMP)
 	$(PY) bench/cold_start.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -36,8 +37,32 @@ def tiny_llama() -> Path:
     return build_tiny_model("llama", size="tiny", seed=0)
 
 
+def need_shared_dataset(name: str = "") -> Path:
+    """``../shared/datasets/<name>`` beside this clone, or skip: a clone on its own must still pass."""
+    path = SHARED_DATASETS / name
+    if not path.exists():
+        pytest.skip(f"needs ../shared/datasets/{name} (the sample datasets; not present beside this clone: "
+                    f"{path})")
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
-    if not SHARED_DATASETS.is_dir():
-        pytest.skip(f"sample datasets not found at {SHARED_DATASETS}")
-    return SHARED_DATASETS
+    """The sample datasets folder (alpaca, identity, glaive, c4, wiki demos), or skip when it is absent."""
+    return need_shared_dataset()
+
+
+_TOPICS = ["your name", "who made you", "what you can do", "the weather", "a good book", "sorting a list",
+           "fine-tuning", "a recipe for bread", "the capital of France", "learning rates", "Python", "LoRA", "sleep"]
+
+
+@pytest.fixture(scope="session")
+def identity_rows(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 91-row Alpaca file made here, shaped like ../shared/datasets/identity.json, for tests that only need
+    trainable rows (the UI, a campaign): they run on a clone with nothing beside it."""
+    rows = [{"instruction": f"Question {i}: tell me about {_TOPICS[i % len(_TOPICS)]}.", "input": "",
+             "output": f"Answer {i}: I am Backprop, a small assistant; about {_TOPICS[(i * 7) % len(_TOPICS)]}, "
+                       f"here is what I know, in {i % 5 + 1} short sentences."} for i in range(91)]
+    path = tmp_path_factory.mktemp("identity") / "identity.json"
+    path.write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path

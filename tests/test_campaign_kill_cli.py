@@ -31,10 +31,10 @@ def _args(data: Path, model: Path, out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_llama: Path, shared_datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reference(tiny_llama: Path, identity_rows: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted campaign's output folder."""
     out = tmp_path_factory.mktemp("reference")
-    done = subprocess.run([BACKPROP, *_args(shared_datasets / "identity.json", tiny_llama, out)], env=ENV,
+    done = subprocess.run([BACKPROP, *_args(identity_rows, tiny_llama, out)], env=ENV,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
@@ -62,8 +62,8 @@ def _resume_and_compare(run_id: str, out: Path, reference: Path) -> str:
 
 
 def test_campaign_sigkilled_in_run_2_resumes_from_its_step_checkpoint(
-        tiny_llama: Path, shared_datasets: Path, tmp_path: Path, reference: Path) -> None:
-    data = shared_datasets / "identity.json"
+        tiny_llama: Path, identity_rows: Path, tmp_path: Path, reference: Path) -> None:
+    data = identity_rows
     out = tmp_path / "out"
     crash = subprocess.Popen([BACKPROP, *_args(data, tiny_llama, out)], env={**ENV, DELAY_ENV: "0.05"},
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -79,9 +79,9 @@ def test_campaign_sigkilled_in_run_2_resumes_from_its_step_checkpoint(
 
 
 def test_ctrl_c_stops_a_campaign_in_run_2_with_a_checkpoint_and_resume_finishes_it(
-        tiny_llama: Path, shared_datasets: Path, tmp_path: Path, reference: Path) -> None:
+        tiny_llama: Path, identity_rows: Path, tmp_path: Path, reference: Path) -> None:
     out = tmp_path / "out"
-    proc = subprocess.Popen([BACKPROP, *_args(shared_datasets / "identity.json", tiny_llama, out)],
+    proc = subprocess.Popen([BACKPROP, *_args(identity_rows, tiny_llama, out)],
                             env={**ENV, DELAY_ENV: "0.05"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     wait_for(lambda: any(out.glob("checkpoints/*/run-0002/step-000001/manifest.json")), "run 2's first checkpoint",

@@ -23,8 +23,8 @@ class Crash(BaseException):
 
 
 @pytest.fixture(scope="module")
-def identity(shared_datasets: Path) -> Path:
-    return shared_datasets / "identity.json"
+def identity(identity_rows: Path) -> Path:
+    return identity_rows
 
 
 @pytest.fixture(scope="module")

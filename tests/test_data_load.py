@@ -19,8 +19,6 @@ from backpropagate.data.formats import Conversation, detect_format, to_examples
 from backpropagate.data.load import dataset_fingerprint, load_rows
 from backpropagate.errors import BackpropagateError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-
 GLAIVE_TOOLS = json.dumps([{"name": "get_weather", "parameters": {"type": "object"}}])
 ROWS: dict[str, list[dict]] = {
     "sharegpt": [
@@ -192,18 +190,18 @@ def test_in_memory_objects_become_plain_python() -> None:
     assert load_rows([{"text": "a"}]) == [{"text": "a"}]
 
 
-def test_real_sample_files() -> None:
+def test_real_sample_files(shared_datasets: Path) -> None:
     expected = {"alpaca_en_demo.json": ("alpaca", 999), "identity.json": ("alpaca", 91),
                 "glaive_toolcall_en_demo.json": ("sharegpt", 300), "c4_demo.jsonl": ("text", 300),
                 "wiki_demo.txt": ("text", 30)}
     for file, (name, count) in expected.items():
-        rows = load_rows(SHARED / file)
+        rows = load_rows(shared_datasets / file)
         report = detect_format(rows)
         assert (report.name, report.total_rows, len(to_examples(rows, report))) == (name, count, count), file
 
 
-def test_real_glaive_keeps_tool_roles_and_tools() -> None:
-    rows = load_rows(SHARED / "glaive_toolcall_en_demo.json")
+def test_real_glaive_keeps_tool_roles_and_tools(shared_datasets: Path) -> None:
+    rows = load_rows(shared_datasets / "glaive_toolcall_en_demo.json")
     examples = to_examples(rows, detect_format(rows))
     assert all(isinstance(example, Conversation) for example in examples)
     first = examples[0]
@@ -216,8 +214,8 @@ def test_real_glaive_keeps_tool_roles_and_tools() -> None:
     assert all(isinstance(example.tools, list) for example in examples)
 
 
-def test_identity_placeholders_are_kept() -> None:
-    rows = load_rows(SHARED / "identity.json")
+def test_identity_placeholders_are_kept(shared_datasets: Path) -> None:
+    rows = load_rows(shared_datasets / "identity.json")
     examples = to_examples(rows, detect_format(rows))
     assert "{{name}}" in examples[0].messages[-1]["content"]
 

@@ -27,8 +27,8 @@ def _args(data: Path, model: Path, out: Path) -> list[str]:
             "--seed", "3"]
 
 
-def test_sigkilled_campaign_resumes_bit_identical(tiny_llama: Path, shared_datasets: Path, tmp_path: Path) -> None:
-    data = shared_datasets / "identity.json"
+def test_sigkilled_campaign_resumes_bit_identical(tiny_llama: Path, identity_rows: Path, tmp_path: Path) -> None:
+    data = identity_rows
     reference = subprocess.Popen([BACKPROP, *_args(data, tiny_llama, tmp_path / "ref")], env=ENV,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = tmp_path / "out"
@@ -59,8 +59,8 @@ def test_sigkilled_campaign_resumes_bit_identical(tiny_llama: Path, shared_datas
     assert record.status == "completed" and len(record.details["forgetting"]["accuracy"]) == 3
 
 
-def test_bad_input_prints_a_coded_error(tiny_llama: Path, shared_datasets: Path, tmp_path: Path) -> None:
-    args = _args(shared_datasets / "identity.json", tiny_llama, tmp_path)
+def test_bad_input_prints_a_coded_error(tiny_llama: Path, identity_rows: Path, tmp_path: Path) -> None:
+    args = _args(identity_rows, tiny_llama, tmp_path)
     args[args.index("--runs") + 1] = "0"
     done = subprocess.run([BACKPROP, *args], env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and done.stderr.startswith("[INPUT_INVALID_VALUE]: num_runs=0")

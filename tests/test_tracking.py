@@ -1,5 +1,6 @@
 """Experiment trackers on a real tiny run: TensorBoard event files, an MLflow local store and a W&B offline
-run hold the run's metrics under its run_id; bad report_to values are coded errors."""
+run hold the run's metrics under its run_id; "auto" starts only the trackers the user set up and says why;
+bad report_to values are coded errors."""
 
 from __future__ import annotations
 
@@ -52,13 +53,13 @@ def test_three_trackers_record_the_run(tiny_llama: Path, tmp_path: Path, monkeyp
 
 
 def test_multi_run_logs_each_run_and_the_forgetting_matrix(tiny_llama: Path, tmp_path: Path,
-                                                           shared_datasets: Path) -> None:
+                                                           identity_rows: Path) -> None:
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "campaign"
     result = Trainer(str(tiny_llama), output_dir=out, report_to="tensorboard", **ARGS).multi_run(
-        shared_datasets / "identity.json", num_runs=2, steps_per_run=2, samples_per_run=10)
+        identity_rows, num_runs=2, steps_per_run=2, samples_per_run=10)
     events = EventAccumulator(str(out / "tensorboard" / result.run_id))
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
@@ -77,4 +78,80 @@ def test_report_to_values(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(BackpropagateError) as info:
         tracking.resolve_trackers(["mlflow"])
     assert info.value.code == "DEP_EXTRA_MISSING" and info.value.hint == tracking.TRACKING_HINT
+    monkeypatch.setenv("WANDB_MODE", "offline")
     assert tracking.resolve_trackers("auto") == ["tensorboard", "wandb"]
+
+
+@pytest.fixture()
+def unconfigured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No W&B key, mode or netrc login and no MLflow URI: the machine of someone who only pip-installed them."""
+    for name in ("tensorboard", "mlflow", "wandb"):
+        pytest.importorskip(name)
+    for var in ("WANDB_API_KEY", "WANDB_MODE", "MLFLOW_TRACKING_URI", "NETRC"):
+        monkeypatch.delenv(var, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.chdir(tmp_path)  # a W&B run started by mistake would leave ./wandb here
+    return tmp_path
+
+
+def _trackers_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if "trackers" in line and "reasons" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_auto_starts_only_configured_trackers(unconfigured: Path, tiny_llama: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import wandb
+
+    out = unconfigured / "out"
+    run = Trainer(str(tiny_llama), output_dir=out, report_to="auto", **ARGS).train(str(quickstart_path()), steps=2)
+    assert (out / "tensorboard" / run.run_id).is_dir()
+    assert not list(unconfigured.rglob("wandb")) and wandb.run is None  # no W&B run, online or offline
+    assert not (out / "mlflow.db").exists() and not (out / "mlruns").exists()
+    line = _trackers_line(capsys.readouterr().err)
+    assert "report_to=tensorboard" in line and "tensorboard: installed" in line
+    assert "mlflow: not configured (set MLFLOW_TRACKING_URI)" in line
+    assert "wandb: not configured (set WANDB_API_KEY or WANDB_MODE, or wandb login)" in line
+
+
+def test_auto_starts_wandb_and_mlflow_once_configured(unconfigured: Path, tiny_llama: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{unconfigured / 'elsewhere.db'}"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out = unconfigured / "out"
+    run = Trainer(str(tiny_llama), output_dir=out, report_to="auto", **ARGS).train(str(quickstart_path()), steps=2)
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 1
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    (found,) = client.search_runs(client.get_experiment_by_name("backpropagate").experiment_id,
+                                  filter_string=f"tags.`mlflow.runName` = '{run.run_id}'")
+    assert len(client.get_metric_history(found.info.run_id, "train/loss")) == 2
+    err = capsys.readouterr().err
+    line = _trackers_line(err)
+    assert "report_to=tensorboard,mlflow,wandb" in line
+    assert "mlflow: MLFLOW_TRACKING_URI is set" in line and "wandb: WANDB_MODE is set" in line
+    assert "wandb_offline" not in err  # offline was the user's choice, nothing to warn about
+
+
+def test_a_netrc_login_counts_as_configured(unconfigured: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "0123456789abcdef0123456789abcdef01234567"
+    netrc = unconfigured / "netrc"
+    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {key}\n")
+    netrc.chmod(0o600)
+    assert tracking.choose_trackers("auto")[0] == ["tensorboard"]
+    monkeypatch.setenv("NETRC", str(netrc))
+    names, reasons = tracking.choose_trackers("auto")
+    assert names == ["tensorboard", "wandb"] and "wandb: netrc has a login for api.wandb.ai" in str(reasons)
+    assert key not in str(reasons)
+    (Path.home() / ".netrc").write_text("machine example.com login x password y\n")
+    monkeypatch.delenv("NETRC")
+    assert tracking.choose_trackers("auto")[0] == ["tensorboard"]  # a netrc without W&B is not a login
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    assert tracking.choose_trackers(["mlflow"]) == (["mlflow"], None)  # names: exactly those, no reasons
+    assert key not in str(tracking.choose_trackers("auto")[1])

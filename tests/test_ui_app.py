@@ -18,6 +18,15 @@ from backpropagate.ui.workspace import Workspace
 
 BACKPROP = str(Path(sys.executable).with_name("backprop"))
 FORM = {"preset": "fast", "method": "LoRA", "learning_rate": "", "max_seq_length": 128}
+WAIT = 600  # seconds: every wait is on a state, so a loaded machine only makes it slower, never red
+
+
+def wait_for(ready, what: str) -> None:
+    """Poll ``ready()`` until it holds (or fail after WAIT seconds): a wait on the state, not a sleep."""
+    deadline = time.monotonic() + WAIT
+    while not ready():
+        assert time.monotonic() < deadline, f"timed out after {WAIT} s waiting for {what}"
+        time.sleep(0.05)
 
 
 def code_of(fn, *args, **kwargs) -> str:
@@ -32,12 +41,12 @@ def ws(tmp_path: Path, tiny_llama: Path) -> Workspace:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, shared_datasets: Path) -> Workspace:
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, identity_rows: Path) -> Workspace:
     """A workspace holding one completed 30-step run on identity.json (trained once for the module)."""
     ws = Workspace(tmp_path_factory.mktemp("ui") / "sandbox", default_model=str(tiny_llama))
-    rel = ws.save_upload(shared_datasets / "identity.json")
+    rel = ws.save_upload(identity_rows)
     ws.start_training(dataset=rel, steps=30, model=None, **FORM)
-    state = ws.runner.wait(300)
+    state = ws.runner.wait(WAIT)
     assert state.status == "completed", state.error
     return ws
 
@@ -45,16 +54,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, shared_d
 def test_runner_runs_one_job_at_a_time() -> None:
     runner = JobRunner()
     release = threading.Event()
-    runner.start("train", "first", lambda ctx: release.wait(10) and {"done": True})
+    runner.start("train", "first", lambda ctx: release.wait(WAIT) and {"done": True})
     assert runner.busy
     with pytest.raises(BackpropagateError) as info:
         runner.start("export", "second", lambda ctx: None)
     assert info.value.code == "STATE_RUN_IN_PROGRESS" and "already running" in info.value.message
     release.set()
-    state = runner.wait(10)
+    state = runner.wait(WAIT)
     assert state.status == "completed" and state.result == {"done": True}
     runner.start("export", "third", lambda ctx: None)  # free again
-    assert runner.wait(10).status == "completed"
+    assert runner.wait(WAIT).status == "completed"
 
 
 def test_runner_reports_failures_as_codes_and_stops() -> None:
@@ -64,7 +73,7 @@ def test_runner_reports_failures_as_codes_and_stops() -> None:
         raise BackpropagateError("INPUT_FILE_NOT_FOUND", "nope.json does not exist", hint="upload it")
 
     runner.start("train", "bad", fail)
-    state = runner.wait(10)
+    state = runner.wait(WAIT)
     assert state.status == "failed" and state.error == ("INPUT_FILE_NOT_FOUND", "nope.json does not exist", "upload it")
     assert "[INPUT_FILE_NOT_FOUND]" in job_markdown(state).replace("\\", "") and "Traceback" not in job_markdown(state)
 
@@ -74,10 +83,10 @@ def test_runner_reports_failures_as_codes_and_stops() -> None:
             time.sleep(0.01)
 
     runner.start("train", "endless", loop)
-    assert runner.stop() and runner.wait(10).status == "stopped"
+    assert runner.stop() and runner.wait(WAIT).status == "stopped"
     assert not runner.stop()
     runner.start("x", "unexpected", lambda ctx: 1 / 0)
-    assert runner.wait(10).error[0] == "RUNTIME_UNEXPECTED"
+    assert runner.wait(WAIT).error[0] == "RUNTIME_UNEXPECTED"
 
 
 def test_error_markdown_has_code_message_and_hint() -> None:
@@ -100,9 +109,9 @@ def test_paths_and_models_stay_in_the_sandbox(ws: Workspace, tmp_path: Path) -> 
     assert not ws.runner.busy
 
 
-def test_uploads_are_sanitized_and_size_limited(ws: Workspace, tmp_path: Path, shared_datasets: Path) -> None:
+def test_uploads_are_sanitized_and_size_limited(ws: Workspace, tmp_path: Path, identity_rows: Path) -> None:
     evil = tmp_path / "evil.json"
-    evil.write_bytes((shared_datasets / "identity.json").read_bytes())
+    evil.write_bytes(identity_rows.read_bytes())
     rel = ws.save_upload(evil, "../../etc/passwd.json")
     assert rel == "uploads/passwd.json" and (ws.root / rel).is_file()
     assert ws.save_upload(evil, "../../etc/passwd.json") == rel  # same content: the same file
@@ -112,21 +121,21 @@ def test_uploads_are_sanitized_and_size_limited(ws: Workspace, tmp_path: Path, s
     assert ws.list_files() == ["uploads/passwd.json"]
 
 
-def test_dataset_view_format_rows_preview_and_report(ws: Workspace, shared_datasets: Path) -> None:
-    rel = ws.save_upload(shared_datasets / "identity.json")
+def test_dataset_view_format_rows_preview_and_report(ws: Workspace, identity_rows: Path) -> None:
+    rel = ws.save_upload(identity_rows)
     view = ws.inspect_dataset(rel, None)
-    rows = len(json.loads((shared_datasets / "identity.json").read_text()))
+    rows = len(json.loads(identity_rows.read_text()))
     assert view["format"] == "alpaca" and view["rows"] == rows
     trained = "".join(text for text, label in view["preview"] if label == "trained")
     untrained = "".join(text for text, label in view["preview"] if label is None)
-    first = json.loads((shared_datasets / "identity.json").read_text())[0]
+    first = json.loads(identity_rows.read_text())[0]
     assert first["output"].strip()[:20] in trained and first["instruction"][:20] in untrained
     assert 0 < view["trained_tokens"] < view["preview_tokens"]
     assert "alpaca" in view["report"] and f"rows        {rows}" in view["report"]
 
 
-def test_form_errors_are_coded_before_anything_runs(ws: Workspace, shared_datasets: Path) -> None:
-    rel = ws.save_upload(shared_datasets / "identity.json")
+def test_form_errors_are_coded_before_anything_runs(ws: Workspace, identity_rows: Path) -> None:
+    rel = ws.save_upload(identity_rows)
     assert code_of(ws.start_training, dataset=rel, steps=0, model=None, **FORM) == "INPUT_INVALID_VALUE"
     assert code_of(ws.start_training, dataset=rel, steps=5, model=None,
                    **{**FORM, "learning_rate": "fast"}) == "INPUT_INVALID_VALUE"
@@ -162,47 +171,45 @@ def test_export_f16_gguf_passes_parity(trained: Workspace) -> None:
     ws = trained
     run_id = ws.list_runs()[0].run_id
     ws.start_export(run_id, format="gguf", quantization="f16")
-    state = ws.runner.wait(300)
+    state = ws.runner.wait(WAIT)
     assert state.status == "completed", state.error
     assert state.result["passed"] is True and "parity: PASSED (f16)" in state.result["parity"]
     download = Path(state.result["download"])
     assert download.is_file() and download.suffix == ".gguf" and ws.root in download.parents
     assert ws.get_run(run_id).details["exports"][0]["parity_passed"] is True
     ws.start_export(run_id, format="gguf", quantization="f16")  # exists already, no overwrite
-    assert ws.runner.wait(60).error[0] == "STATE_OUTPUT_EXISTS"
+    assert ws.runner.wait(WAIT).error[0] == "STATE_OUTPUT_EXISTS"
 
 
 @pytest.mark.slow
-def test_stop_checkpoints_and_resume_finishes(ws: Workspace, shared_datasets: Path) -> None:
-    rel = ws.save_upload(shared_datasets / "identity.json")
+def test_stop_checkpoints_and_resume_finishes(ws: Workspace, identity_rows: Path) -> None:
+    rel = ws.save_upload(identity_rows)
     ws.start_training(dataset=rel, steps=200, model=None, **FORM)
     with pytest.raises(BackpropagateError) as info:
         ws.start_training(dataset=rel, steps=5, model=None, **FORM)
     assert info.value.code == "STATE_RUN_IN_PROGRESS"
-    deadline = time.time() + 180
-    while len(ws.runner.snapshot().metrics) < 3 and time.time() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: len(ws.runner.snapshot().metrics) >= 3, "3 logged steps")
     assert ws.runner.stop()
-    state = ws.runner.wait(120)
+    state = ws.runner.wait(WAIT)
     assert state.status == "stopped", state.error
     record = ws.get_run(state.result["run_id"])
     assert record.status == "interrupted" and record.checkpoints and record.completed_steps < 200
     assert code_of(ws.start_export, record.run_id) == "STATE_NOT_TRAINED"
     stopped_at = record.completed_steps
     ws.start_resume(record.run_id)
-    time.sleep(1.0)
+    wait_for(lambda: ws.runner.snapshot().metrics or not ws.runner.busy, "the resumed run's first step")
     ws.runner.stop()  # resume works and stops again; the run stays resumable
-    state = ws.runner.wait(120)
+    state = ws.runner.wait(WAIT)
     assert state.status in {"stopped", "completed"}, state.error
     assert state.metrics and state.metrics[0]["step"] == stopped_at + 1
 
 
 @pytest.mark.slow
-def test_multi_run_job_reports_forgetting(ws: Workspace, shared_datasets: Path) -> None:
-    rel = ws.save_upload(shared_datasets / "identity.json")
+def test_multi_run_job_reports_forgetting(ws: Workspace, identity_rows: Path) -> None:
+    rel = ws.save_upload(identity_rows)
     ws.start_multi_run(datasets=rel, num_runs=2, steps_per_run=3, samples_per_run=None, model=None,
                        preset="fast", max_seq_length=128)
-    state = ws.runner.wait(300)
+    state = ws.runner.wait(WAIT)
     assert state.status == "completed", state.error
     assert {m["run"] for m in state.metrics} == {1, 2}
     assert {r["series"] for r in loss_rows(state)} == {"run 1", "run 2"}
@@ -217,10 +224,10 @@ def test_cli_refuses_exposure_without_auth_before_gradio(tmp_path: Path) -> None
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "BACKPROPAGATE_UI__OUTPUT_DIR": str(tmp_path / "ui")}
     for args in (["--share"], ["--host", "0.0.0.0"]):
         done = subprocess.run([BACKPROP, "ui", *args], env=env, capture_output=True,
-                              text=True, timeout=60)
+                              text=True, timeout=WAIT)
         assert done.returncode == 1 and "[INPUT_AUTH_REQUIRED]" in done.stderr and "Traceback" not in done.stderr
     done = subprocess.run([BACKPROP, "ui", "--help"], env=env, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=WAIT)
     assert done.returncode == 0 and "--auth" in done.stdout and "--share" in done.stdout
 
 

@@ -28,6 +28,12 @@ pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.
 from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
 
 pytestmark = pytest.mark.slow
+# Every wait is on a state of the page (a text, a value, a visible element), never a sleep, with a limit
+# generous enough for a loaded machine: expect()'s own default is 5 s, which page.set_default_timeout does
+# not change. The longest jobs (30 training steps, a GGUF export with its parity check) get LONG.
+WAIT_MS = 180_000
+LONG_MS = 600_000
+expect.set_options(timeout=WAIT_MS)
 
 BACKPROP = str(Path(sys.executable).with_name("backprop"))
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
@@ -55,7 +61,7 @@ class Server:
         self._log_file = self.log.open("w")
         self.proc = subprocess.Popen([BACKPROP, "ui", "--port", str(self.port), *extra], env=env,
                                      stdout=self._log_file, stderr=subprocess.STDOUT)
-        deadline = time.time() + 120
+        deadline = time.time() + WAIT_MS / 1000
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"the UI exited: {self.log.read_text()}")
@@ -95,7 +101,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterat
 def page(browser: Browser, server: Server) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 1400})
     pg = context.new_page()
-    pg.set_default_timeout(60_000)
+    pg.set_default_timeout(WAIT_MS)
     pg.goto(server.url)
     expect(pg.locator("#job-status")).to_be_visible()
     yield pg
@@ -114,13 +120,13 @@ def fill(page: Page, elem_id: str, value: str) -> None:
     page.locator(f"#{elem_id} input, #{elem_id} textarea").first.fill(value)
 
 
-def upload_identity(page: Page, shared_datasets: Path) -> None:
-    page.locator("#upload input[type=file]").set_input_files(str(shared_datasets / "identity.json"))
-    expect(page.locator("#dataset-status")).to_contain_text("Format:", timeout=90_000)
+def upload_identity(page: Page, identity_rows: Path) -> None:
+    page.locator("#upload input[type=file]").set_input_files(str(identity_rows))
+    expect(page.locator("#dataset-status")).to_contain_text("Format:", timeout=WAIT_MS)
 
 
-def test_upload_shows_format_and_preview(page: Page, server: Server, shared_datasets: Path) -> None:
-    upload_identity(page, shared_datasets)
+def test_upload_shows_format_and_preview(page: Page, server: Server, identity_rows: Path) -> None:
+    upload_identity(page, identity_rows)
     expect(page.locator("#dataset-status")).to_contain_text("alpaca")
     expect(page.locator("#dataset-status")).to_contain_text("Rows: 91")
     preview = page.locator("#dataset-preview")
@@ -145,17 +151,18 @@ def test_train_30_steps_live_chart_then_in_runs(page: Page, browser: Browser, se
     expect(page.locator("#train-status")).to_contain_text("STATE_RUN_IN_PROGRESS")
 
     status = page.locator("#job-status")
-    expect(status).to_contain_text(re.compile(r"step \d+/30"), timeout=120_000)
+    expect(status).to_contain_text(re.compile(r"step \d+/30"), timeout=WAIT_MS)
     first = int(re.search(r"step (\d+)/30", status.inner_text()).group(1))  # the page shows live steps
     expect(page.locator("#loss-plot canvas, #loss-plot svg").first).to_be_visible()
     shot(page, "train-live")
 
     other = browser.new_page()  # another tab sees the same live job (it runs in the server)
+    other.set_default_timeout(WAIT_MS)
     other.goto(server.url)
     expect(other.locator("#job-status")).to_contain_text(re.compile(r"step \d+/30|completed"))
     other.close()
 
-    expect(status).to_contain_text(re.compile(r"train \(.*\): completed"), timeout=240_000)
+    expect(status).to_contain_text(re.compile(r"train \(.*\): completed"), timeout=LONG_MS)
     expect(status).to_contain_text("step 30/30")
     assert 1 <= first <= 30  # on a busy machine the run may finish before the first poll: no speed assumption
     run_id = re.search(r"run id (\w+)", status.inner_text()).group(1)
@@ -185,11 +192,11 @@ def test_export_f16_gguf_parity_passes(page: Page, server: Server) -> None:
     page.locator("#export-start").click()
     expect(page.locator("#export-status")).to_contain_text("export started")
     parity = page.locator("#export-parity textarea")
-    expect(parity).to_have_value(re.compile(r"parity: PASSED \(f16\)"), timeout=240_000)
+    expect(parity).to_have_value(re.compile(r"parity: PASSED \(f16\)"), timeout=LONG_MS)
     expect(parity).to_have_value(re.compile("top-1 agreement"))
     link = page.locator("#export-file a").first
     expect(link).to_have_attribute("href", re.compile(r"model-f16\.gguf$"))
-    download = page.request.get(link.get_attribute("href"))
+    download = page.request.get(link.get_attribute("href"), timeout=WAIT_MS)
     assert download.ok and download.body()[:4] == b"GGUF"  # the file itself, served from the sandbox
     assert list(server.sandbox.glob("runs/*/gguf/model-f16.gguf"))
     shot(page, "export")
@@ -205,7 +212,7 @@ def test_path_traversal_is_refused(page: Page, server: Server) -> None:
     payload = {"name": "../../etc/passwd.json", "mimeType": "application/json",
                "buffer": b'[{"instruction": "hi", "output": "hello"}]'}
     page.locator("#upload input[type=file]").set_input_files(payload)
-    expect(page.locator("#dataset-status")).to_contain_text("uploads/passwd.json", timeout=60_000)
+    expect(page.locator("#dataset-status")).to_contain_text("uploads/passwd.json", timeout=WAIT_MS)
     assert (server.sandbox / "uploads" / "passwd.json").is_file()
     assert not any(p.name == "passwd.json" for p in server.sandbox.parent.iterdir())
     tab(page, "Train")
@@ -223,7 +230,7 @@ def test_multi_run_page_shows_forgetting(page: Page, server: Server) -> None:
     page.get_by_label("Sequence length").last.fill("128")
     page.locator("#multi-start").click()
     expect(page.locator("#multi-status")).to_contain_text("multi-run started")
-    expect(page.locator("#job-status")).to_contain_text(re.compile(r"multi-run \(.*\): completed"), timeout=240_000)
+    expect(page.locator("#job-status")).to_contain_text(re.compile(r"multi-run \(.*\): completed"), timeout=LONG_MS)
     expect(page.locator("#multi-report textarea")).to_have_value(re.compile("BWT"))
     shot(page, "multi-run")
 
@@ -233,7 +240,7 @@ def test_auth_requires_login_and_refuses_a_wrong_password(browser: Browser, tmp_
     try:
         context = browser.new_context(viewport={"width": 1000, "height": 800})
         pg = context.new_page()
-        pg.set_default_timeout(60_000)
+        pg.set_default_timeout(WAIT_MS)
         pg.goto(server.url)
         expect(pg.locator("#job-status")).to_have_count(0)
         pg.get_by_label("username").fill("alice")
@@ -245,9 +252,10 @@ def test_auth_requires_login_and_refuses_a_wrong_password(browser: Browser, tmp_
         pg.get_by_label("username").fill("alice")  # the login form clears it after a failure
         pg.get_by_label("password").fill(PASSWORD)
         pg.get_by_role("button", name="Login").click()
-        expect(pg.locator("#job-status")).to_be_visible(timeout=60_000)
+        expect(pg.locator("#job-status")).to_be_visible(timeout=WAIT_MS)
         shot(pg, "login-ok")
         context.close()
     finally:
         server.close()
-    assert PASSWORD not in server.log.read_text()
+    log = server.log.read_text()
+    assert PASSWORD not in log and "auth_on_command_line" in log  # --auth works, with a word about `ps`

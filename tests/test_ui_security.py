@@ -1,22 +1,39 @@
-"""The UI's security rules, without a browser: auth gating, sandbox, upload names, login rate limit."""
+"""The UI's security rules, without a browser: auth gating, credentials from the environment or a file (kept
+out of the process list), sandbox, upload names, login rate limit."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from backpropagate.errors import BackpropagateError
 from backpropagate.ui.security import (
+    AUTH_ENV,
+    AUTH_FILE_ENV,
     LoginGuard,
     check_exposure,
     check_upload_size,
     is_loopback,
     parse_auth,
+    read_auth_file,
+    resolve_auth,
     resolve_inside,
     safe_upload_name,
     sandbox_root,
 )
+
+BACKPROP = str(Path(sys.executable).with_name("backprop"))
+PASSWORD = "Pr0cess-list-S3cret"
 
 
 def code_of(fn, *args, **kwargs) -> str:
@@ -88,3 +105,116 @@ def test_login_guard_rate_limits_and_recovers() -> None:
     assert guard("bob", "x") is False and not guard.locked("bob")
     now[0] = 61.0
     assert guard("alice", "s3cret")
+
+
+def test_credentials_precedence_flag_file_env(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_text("alice:from-flag-file\n")
+    second.write_text("bob:from-env-file\r\n")
+    for f in (first, second):
+        f.chmod(0o600)
+    env = {AUTH_ENV: "carol:from-env", AUTH_FILE_ENV: str(second)}
+    assert resolve_auth("dave:from-flag", first, env) == ("dave:from-flag", "--auth")
+    assert resolve_auth(None, first, env) == ("alice:from-flag-file", "--auth-file")
+    assert resolve_auth(None, None, env) == ("bob:from-env-file", AUTH_FILE_ENV)
+    assert resolve_auth(None, None, {AUTH_ENV: "carol:from-env"}) == ("carol:from-env", AUTH_ENV)
+    assert resolve_auth(None, None, {AUTH_ENV: ""}) == (None, "none")
+    with pytest.raises(BackpropagateError) as info:
+        resolve_auth(None, None, {AUTH_ENV: "no-colon-here"})
+    assert info.value.code == "INPUT_INVALID_VALUE" and AUTH_ENV in info.value.message
+    assert "no-colon-here" not in str(info.value)
+
+
+def test_bad_credentials_files_are_coded_errors(tmp_path: Path) -> None:
+    cases = {"missing": None, "empty": b"", "two-lines": b"alice:pw\nbob:pw\n", "no-password": b"alice:\n",
+             "binary": b"alice:\xff\xfe\n", "huge": b"alice:" + b"x" * 5000}
+    for name, content in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(BackpropagateError) as info:
+            read_auth_file(path)
+        assert info.value.code == "INPUT_AUTH_FILE_UNREADABLE" and info.value.hint, name
+        assert str(path) in info.value.message and "pw" not in info.value.message
+    with pytest.raises(BackpropagateError) as info:
+        read_auth_file(tmp_path)  # a folder
+    assert info.value.code == "INPUT_AUTH_FILE_UNREADABLE"
+
+
+def test_a_credentials_file_others_can_read_is_warned_about(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "auth"
+    path.write_text(f"alice:{PASSWORD}\n")
+    path.chmod(0o600)
+    assert read_auth_file(path) == f"alice:{PASSWORD}"
+    assert "auth_file_permissions" not in capsys.readouterr().err
+    path.chmod(0o644)
+    assert read_auth_file(path) == f"alice:{PASSWORD}"
+    err = capsys.readouterr().err
+    assert "auth_file_permissions" in err and "chmod 600" in err and PASSWORD not in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ui(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """`backprop ui --host 0.0.0.0` in a subprocess, waited on until it serves (or exits)."""
+    port, log = _free_port(), tmp_path / f"ui-{len(list(tmp_path.glob('ui-*.log')))}.log"
+    full = {**{k: v for k, v in os.environ.items() if k not in (AUTH_ENV, AUTH_FILE_ENV)}, "HOME": str(tmp_path),
+            "BACKPROPAGATE_UI__OUTPUT_DIR": str(tmp_path / "sandbox"), "GRADIO_ANALYTICS_ENABLED": "False", **env}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([BACKPROP, "ui", "--host", "0.0.0.0", "--port", str(port), *args], env=full,
+                                stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
+                break
+        except urllib.error.HTTPError:
+            break
+        except OSError:
+            time.sleep(0.5)
+    return proc, port, log
+
+
+def _login(port: int, user: str, password: str) -> int:
+    data = urllib.parse.urlencode({"username": user, "password": password}).encode()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", data=data, timeout=30) as response:
+            assert json.loads(response.read()) == {"success": True}
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.slow
+def test_ui_takes_credentials_from_env_or_file_not_the_process_list(tmp_path: Path) -> None:
+    refused, _, log = _ui(tmp_path, {})
+    assert refused.wait(60) == 1 and "[INPUT_AUTH_REQUIRED]" in log.read_text() and AUTH_ENV in log.read_text()
+    secret_file = tmp_path / "ui-auth"
+    secret_file.write_text(f"alice:{PASSWORD}\n")
+    secret_file.chmod(0o600)
+    for env, args in (({AUTH_ENV: f"alice:{PASSWORD}"}, ()), ({}, ("--auth-file", str(secret_file))),
+                      ({AUTH_FILE_ENV: str(secret_file)}, ())):
+        proc, port, log = _ui(tmp_path, env, *args)
+        try:
+            assert proc.poll() is None, log.read_text()
+            cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+            assert b"0.0.0.0" in cmdline and PASSWORD.encode() not in cmdline
+            assert _login(port, "alice", "wrong-password") == 400
+            assert _login(port, "alice", PASSWORD) == 200
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        text = log.read_text()
+        assert PASSWORD not in text and "auth_on_command_line" not in text and "login='on (" in text
+
+
+def test_a_bad_credentials_file_stops_the_cli_with_a_code(tmp_path: Path) -> None:
+    proc, _, log = _ui(tmp_path, {AUTH_FILE_ENV: str(tmp_path / "nope")})
+    assert proc.wait(60) == 1
+    text = log.read_text()
+    assert "[INPUT_AUTH_FILE_UNREADABLE]" in text and "Traceback" not in text

@@ -22,14 +22,17 @@ _EXPORTS = {
     "Settings": "backpropagate.config",
     "RunInterrupted": "backpropagate.training.stop",
     "RunControls": "backpropagate.training.stop",
+    "evaluate": "backpropagate.scoring",
+    "EvalReport": "backpropagate.scoring",
 }
 
-__all__ = ["BackpropagateError", "RunControls", "RunInterrupted", "Settings", "Trainer", "TrainingCallback",
-           "TrainingRun", "__version__"]
+__all__ = ["BackpropagateError", "EvalReport", "RunControls", "RunInterrupted", "Settings", "Trainer",
+           "TrainingCallback", "TrainingRun", "__version__", "evaluate"]
 
 if TYPE_CHECKING:
     from .config import Settings
     from .errors import BackpropagateError
+    from .scoring import EvalReport, evaluate
     from .trainer import Trainer
     from .training.callbacks import TrainingCallback, TrainingRun
     from .training.stop import RunControls, RunInterrupted

@@ -167,9 +167,10 @@ class TrainingSettings(BaseModel):
         True, "On a GPU out-of-memory error, halve the micro-batch, double the accumulation (same rows per step) "
         "and redo the step; False makes the first OOM a RUNTIME_GPU_OOM failure.", changes_training=False)
     report_to: str | list[str] = option(
-        "auto", 'Experiment trackers: "auto" (each of tensorboard, mlflow, wandb that is installed), "none", or '
-        "names (a list, or comma-separated). Files go to the output directory; W&B without credentials runs "
-        "offline.")
+        "auto", 'Experiment trackers: "auto" (each one you set up: tensorboard when installed, mlflow when '
+        "MLFLOW_TRACKING_URI is set, wandb when WANDB_API_KEY or WANDB_MODE is set or after `wandb login`; the "
+        'log says which and why), "none", or names (a list, or comma-separated). Files go to the output '
+        "directory; W&B named without credentials runs offline.")
     strategy: Literal["ddp", "fsdp", "deepspeed"] = option(
         "ddp", 'How the processes of a multi-process run (--nproc, torchrun, srun) share the model: "ddp" (each '
         'holds all of it), "fsdp" (PyTorch FSDP: weights, gradients and optimizer state sharded, one decoder '

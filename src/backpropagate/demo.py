@@ -40,7 +40,10 @@ def quickstart_path() -> Path:
 
 def run_demo(output_dir: str | Path = "./output/demo", *, steps: int | None = None,
              callback: TrainingCallback | None = None,
-             on_start: Callable[[int], object] | None = None) -> DemoResult:
+             on_start: Callable[[int], object] | None = None,
+             report_to: str | list[str] | None = None) -> DemoResult:
+    """Train, chat and (with the export extra) export. No experiment tracker reports unless ``report_to``
+    or the environment (BACKPROPAGATE_TRAINING__REPORT_TO) names one: a first run should not open W&B."""
     from .testing import build_tiny_model
     from .trainer import Trainer
 
@@ -53,7 +56,9 @@ def run_demo(output_dir: str | Path = "./output/demo", *, steps: int | None = No
     first = json.loads(data.read_text(encoding="utf-8").splitlines()[0])["conversations"]
     trainer = Trainer(str(base), lora_r=32, lora_alpha=64, lora_dropout=0.0, learning_rate=3e-3,
                       batch_size=1, gradient_accumulation=1, max_seq_length=512, warmup_ratio=0.05,
-                      output_dir=output_dir, seed=0)
+                      output_dir=output_dir, seed=0, report_to=report_to)
+    if trainer.settings.source("report_to") == "default":
+        trainer.settings.training.report_to = "none"
     run = trainer.train(str(data), steps=steps, callback=callback)
     answer = trainer.chat(first[0]["value"], max_new_tokens=32)
     gguf, gguf_answer = _export_and_chat(trainer, first[0]["value"])

@@ -75,7 +75,11 @@ _SPECS = [
     ErrorSpec("INPUT_UNKNOWN_FILTER", "A quality filter name is not known.",
               "Use the names listed in the message (see `backprop data filter --help`)."),
     ErrorSpec("INPUT_AUTH_REQUIRED", "The UI would be reachable from other machines without a login.",
-              "Pass --auth user:password, or use SSH port forwarding to a UI on 127.0.0.1."),
+              "Set BACKPROPAGATE_UI__AUTH=user:password, pass --auth-file or --auth, or use SSH port "
+              "forwarding to a UI on 127.0.0.1."),
+    ErrorSpec("INPUT_AUTH_FILE_UNREADABLE", "The UI credentials file is missing, unreadable or not one "
+              "user:password line.", "Check the path given by --auth-file or BACKPROPAGATE_UI__AUTH_FILE, its "
+              "permissions (chmod 600) and that it holds one line user:password."),
     ErrorSpec("INPUT_SANDBOX_FORBIDDEN", "The UI sandbox is a system or credential location.",
               "Set BACKPROPAGATE_UI__OUTPUT_DIR to a folder of your own."),
     ErrorSpec("INPUT_PATH_OUTSIDE_SANDBOX", "A path given to the UI lies outside its sandbox.",
@@ -161,7 +165,8 @@ _SPECS = [
     ErrorSpec("SLAO_UNSUPPORTED_METHOD", "This adapter type is not covered by SLAO's continual merge.",
               "Use a plain LoRA/QLoRA adapter, or pass experimental=True (--experimental) to merge it anyway; "
               "the report then flags it."),
-    ErrorSpec("SLAO_HOLDOUT_OVERLAP", "A held-out row of a run also appears in the campaign's training data.",
+    ErrorSpec("SLAO_HOLDOUT_OVERLAP", "Every row of a run also occurs elsewhere in the campaign's data: none can be "
+              "held out unseen.",
               "Remove duplicate rows first (backprop data dedup), so forgetting is measured on unseen rows."),
     ErrorSpec("INPUT_NOT_ENOUGH_DATA", "The dataset has fewer rows than the runs ask for.",
               "Lower --samples / --runs, or add data; the message says how many rows there are."),

@@ -242,10 +242,12 @@ class Trainer:
 
         started, cfg = time.perf_counter(), self.settings.training
         defaults = self._start_up(log)
-        recorded = session.record.config.get("evaluation") if session.record is not None else None
+        recorded = session.record.config if session.record is not None else {}
         data = evaluation.split(load_data(session, defaults, log), seed=cfg.seed, defaults=defaults, log=log,
-                                curriculum=session.curriculum, recorded=recorded)  # held out before the model loads
-        session.prepare(self.settings, data.fingerprint, force=force, log=log)  # resume checks, cheap
+                                curriculum=session.curriculum, recorded=recorded.get("evaluation"))  # before loading
+        prompts = prompts or list(recorded.get("sample_prompts") or [])  # a resume asks the run's own
+        session.prepare(self.settings, data.fingerprint, force=force, log=log,  # resume checks, cheap
+                        extra={"evaluation": evaluation.describe(), "sample_prompts": prompts})
         share_checkpoint(session, parallel)
         loaded = self.load(defaults)
         log.info(degradation_line(degradation_knobs(self.settings), loaded.notes), backend=loaded.backend)
@@ -254,6 +256,8 @@ class Trainer:
         samples = training_samples(loaded.tokenizer, data, defaults, curriculum=session.curriculum,
                                    source=session.data, log=log)
         evaluator = evaluation.evaluator(loaded, defaults, cfg, session, log, distributed=parallel.distributed)
+        if evaluator is not None:
+            evaluator.answers = answers  # its answers at each evaluation are checkpointed with the eval state
         loop = loop_config(self.settings, defaults, steps=session.steps, seed=cfg.seed, shuffle=not session.curriculum)
         session.begin(model_name=self.settings.model.name, batch_size=defaults.batch_size)
         target = self._run_target(session, parallel, log)

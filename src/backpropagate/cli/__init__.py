@@ -56,7 +56,7 @@ def _report(code: str, message: str, hint: str) -> None:
 
 def register_commands() -> None:
     """Import every command module; each registers its commands on ``app`` when imported."""
-    from . import data, export, info, multi_run, plan, resume, runs, train, ui  # noqa: F401
+    from . import data, evaluate, export, info, multi_run, plan, resume, runs, train, ui  # noqa: F401
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -50,3 +52,25 @@ class TrainingProgress:
                  tb: TracebackType | None) -> None:
         if self._started:
             self._progress.stop()
+
+
+@contextmanager
+def batch_progress(label: str, *, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A bar for work counted in batches (``backprop eval``): yields ``progress(done, total)``; to stderr, so
+    ``--json`` output stays clean."""
+    from rich.console import Console
+
+    bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=Console(stderr=True), transient=True, disable=not enabled)
+    task = bar.add_task(label, total=None)
+
+    def progress(done: int, total: int) -> None:
+        if not bar.live.is_started:  # shown from the first batch on: nothing printed before the work starts
+            bar.start()
+        bar.update(task, completed=done, total=total)
+
+    try:
+        yield progress
+    finally:
+        if bar.live.is_started:
+            bar.stop()

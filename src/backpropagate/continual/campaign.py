@@ -173,6 +173,9 @@ def run_campaign(tools: CampaignTools, dataset: Any = None, *, num_runs: int | N
                         eval_fraction=args["eval_fraction"], seed=tools.settings.training.seed)
     if len({s.format for s in slices}) > 1:
         notes.append("the runs' datasets have different formats: " + ", ".join(s.format for s in slices))
+    if any(s.duplicates for s in slices):
+        notes.append("rows whose text occurs more than once in the campaign's data are never held out: "
+                     + ", ".join(f"run {i}: {s.duplicates}" for i, s in enumerate(slices, start=1) if s.duplicates))
     config = _campaign_config(tools.settings, slices, loaded, names, args["steps_per_run"], args["samples_per_run"],
                               args["merge_mode"], args["eval_fraction"], args["lambda_schedule"],
                               args["experimental"], format, text_column)

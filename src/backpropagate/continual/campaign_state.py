@@ -12,7 +12,6 @@ seeded from the campaign seed and its index, so the result is the same as a camp
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -42,6 +41,7 @@ class RunSlice:
     holdout: list[Any]
     format: str
     source: str | None
+    duplicates: int = 0  # rows of this run not eligible for the hold-out: their text occurs elsewhere too
 
 
 @dataclass
@@ -67,12 +67,6 @@ def schedule_label(schedule: Any) -> str | float:
 
 
 # ---- data ----------------------------------------------------------------------------------------
-def _text_key(example: Any) -> str:
-    from ..data.rowset import example_text
-
-    return hashlib.sha256(example_text(example).strip().encode("utf-8")).hexdigest()
-
-
 def cut_slices(loaded: Sequence[Any], names: Sequence[str], *, num_runs: int, samples_per_run: int | None,
                eval_fraction: float, seed: int) -> list[RunSlice]:
     """One slice per run: one dataset each, or successive chunks of ``samples_per_run`` rows of one."""
@@ -94,29 +88,35 @@ def cut_slices(loaded: Sequence[Any], names: Sequence[str], *, num_runs: int, sa
                                      f"{num_runs * per_run} (enough for {enough} runs of {per_run}).")
         chunks = [(rows[i * per_run:(i + 1) * per_run], loaded[0].report.name, f"{names[0]} [{i * per_run + 1}-"
                    f"{(i + 1) * per_run}]") for i in range(num_runs)]
+    repeated = _repeated_rows([rows for rows, _, _ in chunks])
     slices = []
     for i, (rows, fmt, name) in enumerate(chunks, start=1):
         held = max(1, round(len(rows) * eval_fraction))
         if len(rows) - held < 1:
             raise BackpropagateError("INPUT_NOT_ENOUGH_DATA", f"run {i} ({name}) has {len(rows)} rows: nothing "
                                      f"is left to train on after holding out {held}.")
-        picked = set(random.Random(seed + i).sample(range(len(rows)), held))
+        eligible = [k for k in range(len(rows)) if (i - 1, k) not in repeated]
+        if not eligible:
+            raise BackpropagateError(
+                "SLAO_HOLDOUT_OVERLAP", f"every one of the {len(rows)} rows of run {i} ({name}) also occurs "
+                "elsewhere in the campaign's data, so no row can be held out without being trained on.",
+                hint="Remove the duplicates first (`backprop data dedup`).")
+        picked = set(random.Random(seed + i).sample(eligible, min(held, len(eligible))))
         slices.append(RunSlice(name=name, train=[r for k, r in enumerate(rows) if k not in picked],
                                holdout=[r for k, r in enumerate(rows) if k in picked], format=fmt,
-                               source=names[i - 1] if len(loaded) > 1 else names[0]))
-    _check_no_overlap(slices)
+                               source=names[i - 1] if len(loaded) > 1 else names[0],
+                               duplicates=len(rows) - len(eligible)))
     return slices
 
 
-def _check_no_overlap(slices: Sequence[RunSlice]) -> None:
-    """A held-out row that some run also trains on would score memory, not forgetting."""
-    trained = {_text_key(r) for s in slices for r in s.train}
-    for i, s in enumerate(slices, start=1):
-        leaked = sum(_text_key(r) in trained for r in s.holdout)
-        if leaked:
-            raise BackpropagateError(
-                "SLAO_HOLDOUT_OVERLAP", f"{leaked} held-out row(s) of run {i} ({s.name}) also appear in the "
-                "training data of the campaign.", hint="Remove the duplicates first (`backprop data dedup`).")
+def _repeated_rows(chunks: Sequence[Sequence[Any]]) -> set[tuple[int, int]]:
+    """(run, row) of every row whose normalized text occurs more than once in the campaign's data: never held
+    out, so no held-out row is also trained on (a held-out row seen in training would score memory)."""
+    from ..data.dedup import exact_duplicates
+
+    where = [(run, k) for run, rows in enumerate(chunks) for k in range(len(rows))]
+    clusters = exact_duplicates([row for rows in chunks for row in rows]).clusters
+    return {where[index] for cluster in clusters for index in cluster}
 
 
 def check_fraction(eval_fraction: float) -> float:

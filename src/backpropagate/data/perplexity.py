@@ -59,6 +59,31 @@ class PerplexityResult:
                 "unscored": len(self.scores) - len(scored), "cutoffs": self.cutoffs}
 
 
+def _score_batch(model: Any, rows: Sequence[Any], pad: int, lengths: list[int], nll: Any, counts: Any) -> None:
+    """Add each packed sample's summed token loss and token count of one batch into ``nll`` / ``counts``."""
+    import torch
+
+    from .packing import collate
+
+    batch = collate(list(rows), pad)
+    owner = torch.full_like(batch["targets"], -1)
+    for r, row in enumerate(rows):
+        offset = 0
+        for sample_id in row.sample_ids:
+            owner[r, offset:offset + lengths[sample_id]] = sample_id
+            offset += lengths[sample_id]
+    device = next(model.parameters()).device
+    logits = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
+                   use_cache=False).logits.float()
+    targets = batch["targets"].to(device)
+    losses = torch.nn.functional.cross_entropy(
+        logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100, reduction="none").cpu()
+    mask = (targets.view(-1) != -100).cpu()
+    owners = owner.view(-1)[mask]
+    nll.index_add_(0, owners, losses[mask].double())
+    counts.index_add_(0, owners, torch.ones_like(owners))
+
+
 def score_examples(examples: Sequence[Example], model: Any, tokenizer: Any = None, *, on: str = "assistant",
                    batch_size: int = 8, max_seq_length: int = 1024, packing: bool = True,
                    trust_remote_code: bool = False, progress: Progress | None = None) -> list[PerplexityScore]:
@@ -68,7 +93,7 @@ def score_examples(examples: Sequence[Example], model: Any, tokenizer: Any = Non
     """
     import torch
 
-    from .packing import collate, pack
+    from .packing import pack
     from .reference import load_reference_model
 
     if on not in SCORE_MODES:
@@ -85,7 +110,6 @@ def score_examples(examples: Sequence[Example], model: Any, tokenizer: Any = Non
     lengths = [min(len(s.input_ids), max_seq_length) for s in samples]
     nll = torch.zeros(len(samples), dtype=torch.float64)
     counts = torch.zeros(len(samples), dtype=torch.long)
-    device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     was_training = model.training
     model.eval()
@@ -93,22 +117,7 @@ def score_examples(examples: Sequence[Example], model: Any, tokenizer: Any = Non
     with torch.inference_mode():
         for start in range(0, len(plan.rows), batch_size):
             rows = plan.rows[start:start + batch_size]
-            batch = collate(rows, pad)
-            owner = torch.full_like(batch["targets"], -1)
-            for r, row in enumerate(rows):
-                offset = 0
-                for sample_id in row.sample_ids:
-                    owner[r, offset:offset + lengths[sample_id]] = sample_id
-                    offset += lengths[sample_id]
-            logits = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
-                           use_cache=False).logits.float()
-            targets = batch["targets"].to(device)
-            losses = torch.nn.functional.cross_entropy(
-                logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100, reduction="none").cpu()
-            mask = (targets.view(-1) != -100).cpu()
-            owners = owner.view(-1)[mask]
-            nll.index_add_(0, owners, losses[mask].double())
-            counts.index_add_(0, owners, torch.ones_like(owners))
+            _score_batch(model, rows, pad, lengths, nll, counts)
             done += sum(len(row.sample_ids) for row in rows)
             if progress is not None:
                 progress(done, len(samples))

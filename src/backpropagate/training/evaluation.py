@@ -22,7 +22,7 @@ AUTO_MIN_ROWS = 1000  # a dataset this large holds rows out by itself; a smaller
 AUTO_FRACTION = 0.05
 AUTO_MAX_ROWS = 500  # the automatic hold-out never exceeds this many rows
 MAX_FRACTION = 0.5
-BEST_WEIGHTS = "best-weights.safetensors"
+BEST_WEIGHTS = "best-weights-step-{step:06d}.safetensors"  # by step: a resume loads the one its state names
 
 
 @dataclass
@@ -71,18 +71,21 @@ class EvalRequest:
                 hint="Pass eval_data (--eval-data) or eval_fraction (--eval-fraction).")
         return self.held_out.train
 
-    def evaluator(self, loaded: Any, defaults: Any, training: Any, session: Any, log: Any, *,
-                  distributed: bool = False) -> Evaluator | None:
-        """The run's evaluator over the tokenized held-out rows (None without any); the request goes into
-        the run's config, so a resume holds the same rows out."""
-        from ..data import tokenize_examples
+    def describe(self) -> dict[str, Any]:
+        """The evaluation as the run's config stores it (after ``split``): a resume compares it and, when
+        nothing else is asked, holds the same rows out."""
         from ..logs import redact
 
+        held = self.held_out.eval_examples if self.held_out is not None else []
         path = str(Path(self.eval_data).expanduser().resolve()) if isinstance(self.eval_data, str | Path) else None
-        held = self.held_out
-        session.config["evaluation"] = {"eval_data": None if path is None else redact(path),
-                                        "eval_fraction": self.eval_fraction,
-                                        "held_out_rows": 0 if held is None else len(held.eval_examples)}
+        return {"eval_data": None if path is None else redact(path), "eval_fraction": self.eval_fraction,
+                "held_out_rows": len(held), "held_out_fingerprint": rows_fingerprint(held)}
+
+    def evaluator(self, loaded: Any, defaults: Any, training: Any, session: Any, log: Any, *,
+                  distributed: bool = False) -> Evaluator | None:
+        """The run's evaluator over the tokenized held-out rows (None without any)."""
+        from ..data import tokenize_examples
+
         if self.held_out is None or not self.held_out.enabled:
             return None
         if distributed:
@@ -92,6 +95,18 @@ class EvalRequest:
                                     train_on_responses=defaults.train_on_responses)
         return Evaluator(samples, loaded.tokenizer.pad_token_id, training, run_dir=session.run_dir, log=log,
                          batch_size=defaults.batch_size)
+
+
+def rows_fingerprint(examples: list[Any]) -> str:
+    """sha256 of the rows' normalized texts, in order: which rows a run holds out."""
+    import hashlib
+
+    from ..data.rowset import example_text, normalize_text
+
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(normalize_text(example_text(example)).encode("utf-8") + b"\0")
+    return digest.hexdigest()
 
 
 def check_request(eval_data: Any, eval_fraction: float | None, *, curriculum: bool = False) -> None:
@@ -189,7 +204,7 @@ class Evaluator:
     """Scores the held-out samples every ``eval_steps`` steps and at the end; stops early on no progress.
 
     Its state (history, best, patience count) lives in ``LoopState.extra["evaluation"]``, so a checkpoint
-    carries it; the best weights are written to ``<run checkpoints>/best-weights.safetensors``.
+    carries it; the best weights are written to ``<run checkpoints>/best-weights-step-N.safetensors``.
     """
 
     def __init__(self, samples: list[Any], pad_token_id: int, training: Any, *, run_dir: Path, log: Any,
@@ -206,6 +221,7 @@ class Evaluator:
         self.bad = 0
         self.stop_reason: str | None = None
         self.best_weights: dict[str, Any] | None = None
+        self.answers: Any = None  # an answers.SampleAnswers: its answers at evaluations resume with this state
 
     def wrap(self, hooks: Any) -> Any:
         """``hooks`` with this evaluation before each step's checkpoint, and restored after the checkpoint's."""
@@ -217,6 +233,7 @@ class Evaluator:
             self.after_step(state)
             if inner_after is not None:
                 inner_after(state)
+            self._prune_best()
 
         def restore(state: Any) -> None:
             assert inner_restore is not None
@@ -235,7 +252,7 @@ class Evaluator:
         improved = self.best_loss is None or loss < self.best_loss - self.min_delta
         if improved:
             self.best_loss, self.best_step, self.bad = loss, state.step, 0
-            self._keep_best(state.model)
+            self._keep_best(state.model, state.step)
         else:
             self.bad += 1
         self.log.info("evaluated", step=state.step, eval_loss=round(loss, 5),
@@ -254,16 +271,41 @@ class Evaluator:
         return held_out_loss(model, self.samples, self.pad_token_id, max_seq_length=self.max_seq_length,
                              batch_size=self.batch_size, chunked_loss=self.chunked_loss)
 
-    def _keep_best(self, model: Any) -> None:
+    def _keep_best(self, model: Any, step: int) -> None:
+        """Keep the best weights in memory and on disk (atomically, named by step; older ones are removed
+        once a checkpoint no longer needs them: see ``_prune_best``)."""
         from safetensors.torch import save_file
+
+        from ..atomic import write_file_atomically
 
         self.best_weights = trainable(model)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.best_weights.items()}, str(self.run_dir / BEST_WEIGHTS))
+        tensors = {k: v.contiguous() for k, v in self.best_weights.items()}
+        write_file_atomically(self.run_dir / BEST_WEIGHTS.format(step=step),
+                              lambda path: save_file(tensors, str(path)))
+
+    def _prune_best(self) -> None:
+        """Delete best-weight files that neither the current state nor any kept checkpoint names."""
+        import json
+
+        from .checkpoints import list_checkpoints
+
+        needed = {self.best_step}
+        for ref in list_checkpoints(self.run_dir):
+            try:
+                saved = json.loads((ref.path / "trainer_state.json").read_text(encoding="utf-8"))
+                needed.add((saved.get("extra") or {}).get("evaluation", {}).get("best_step"))
+            except (OSError, ValueError):
+                continue  # unreadable: resume will not use it either
+        for path in self.run_dir.glob(BEST_WEIGHTS.replace("{step:06d}", "*")):
+            step = path.name.removeprefix("best-weights-step-").removesuffix(".safetensors")
+            if step.isdigit() and int(step) not in needed:
+                path.unlink(missing_ok=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": [list(h) for h in self.history], "best_loss": self.best_loss, "best_step": self.best_step,
-                "bad": self.bad, "stop_reason": self.stop_reason}
+                "bad": self.bad, "stop_reason": self.stop_reason,
+                "answers": [[step, list(a)] for step, a in self.answers.during] if self.answers else []}
 
     def load_state(self, state: Any) -> None:
         """Continue a resumed run's evaluation where its checkpoint left it (and its best weights)."""
@@ -273,7 +315,9 @@ class Evaluator:
         self.history = [(int(s), float(v)) for s, v in saved["history"]]
         self.best_loss, self.best_step, self.bad = saved["best_loss"], saved["best_step"], saved["bad"]
         self.stop_reason = saved["stop_reason"]
-        path = self.run_dir / BEST_WEIGHTS
+        if self.answers is not None:
+            self.answers.during = [(int(step), list(a)) for step, a in saved.get("answers", [])]
+        path = self.run_dir / BEST_WEIGHTS.format(step=self.best_step or 0)
         if self.best_step is not None and path.is_file():
             from safetensors.torch import load_file
 
@@ -288,6 +332,15 @@ def held_out_loss(model: Any, samples: list[Any], pad_token_id: int, *, max_seq_
     uses the training loss path (``forward_packed``, chunked where the model allows), so a large
     vocabulary costs no more memory here than in a training step.
     """
+    total, count = held_out_totals(model, samples, pad_token_id, max_seq_length=max_seq_length,
+                                   batch_size=batch_size, chunked_loss=chunked_loss)
+    return total / count
+
+
+def held_out_totals(model: Any, samples: list[Any], pad_token_id: int, *, max_seq_length: int, batch_size: int,
+                    chunked_loss: bool = True, progress: Any = None) -> tuple[float, int]:
+    """(summed loss, label tokens) of ``samples``, as ``held_out_loss`` scores them; ``progress(done, total)``
+    is called after each batch."""
     import torch
 
     from ..data.packing import collate, forward_packed, pack
@@ -302,12 +355,14 @@ def held_out_loss(model: Any, samples: list[Any], pad_token_id: int, *, max_seq_
                 loss_sum, n = forward_packed(model, collate(rows[start:start + batch_size], pad_token_id),
                                              chunked_loss=chunked_loss)
                 total, count = total + float(loss_sum), count + n
+                if progress is not None:
+                    progress(min(start + batch_size, len(rows)), len(rows))
     finally:
         model.train(was_training)
     if not count:
         raise BackpropagateError("INPUT_EVAL_EMPTY", f"the {len(samples)} held-out rows have no label token to "
                                  "score.", hint="Hold out rows that contain an assistant reply.")
-    return total / count
+    return total, count
 
 
 def trainable(model: Any) -> dict[str, Any]:

@@ -65,6 +65,19 @@ def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[
     for key in ("format", "text_column", "curriculum"):
         if old.get(key) != new.get(key):
             diffs.append(f"{key} ({old.get(key)!r} -> {new.get(key)!r})")
+    return diffs + _evaluation_differences(stored.get("evaluation"), current.get("evaluation"))
+
+
+def _evaluation_differences(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
+    """Another held-out set would make the resumed eval curve a different curve (runs recorded before
+    evaluation existed have no such entry: nothing to compare)."""
+    if not old or not new:
+        return []
+    diffs = [f"{key} ({old.get(key)!r} -> {new.get(key)!r})" for key in ("eval_data", "eval_fraction")
+             if old.get(key) != new.get(key)]
+    if not diffs and old.get("held_out_fingerprint") != new.get("held_out_fingerprint"):
+        diffs.append(f"held-out rows (sha256 {str(old.get('held_out_fingerprint'))[:12]} -> "
+                     f"{str(new.get('held_out_fingerprint'))[:12]})")
     return diffs
 
 

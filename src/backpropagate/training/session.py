@@ -130,13 +130,15 @@ class RunSession:
     def resuming(self) -> bool:
         return self.record is not None
 
-    def prepare(self, settings: Any, fingerprint: str, *, force: bool, log: Any) -> None:
-        """Build the run config; when resuming, compare it with the run's and pick the checkpoint."""
+    def prepare(self, settings: Any, fingerprint: str, *, force: bool, log: Any,
+                extra: dict[str, Any] | None = None) -> None:
+        """Build the run config (plus ``extra``: the evaluation, the sample prompts); when resuming, compare
+        it with the run's and pick the checkpoint."""
         self.settings = settings
         self.force = force
-        self.config = run_config(settings, steps=self.steps, data_path=_data_path(self.data),
-                                 fingerprint=fingerprint, format=self.format, text_column=self.text_column,
-                                 curriculum=self.curriculum)
+        self.config = {**run_config(settings, steps=self.steps, data_path=_data_path(self.data),
+                                    fingerprint=fingerprint, format=self.format, text_column=self.text_column,
+                                    curriculum=self.curriculum), **(extra or {})}
         if self.record is None or not self.main:
             return
         self.differences = config_differences(self.record.config, self.config)

@@ -1,6 +1,9 @@
 """Experiment trackers (TensorBoard, MLflow, Weights & Biases) through accelerate's tracker classes.
 
-``report_to`` is "auto" (every tracker whose package is installed), "none", or names. The tracker run is
+``report_to`` is "auto", "none", or names. "auto" turns a tracker on only where the user set it up, so an
+installed package alone never starts a cloud run: TensorBoard (local files) when installed, MLflow when
+``MLFLOW_TRACKING_URI`` is set, W&B when ``WANDB_API_KEY`` or ``WANDB_MODE`` is set or a netrc holds a
+login for api.wandb.ai; the choice and its reasons are logged once (``trackers``). The tracker run is
 named after the run_id; the configuration is logged once, then loss, learning rate, tokens/s and GPU
 memory every step, and the final metrics at the end. Files stay in the output directory:
 ``<output>/tensorboard/<run_id>/``, MLflow's local store ``<output>/mlflow.db`` with artifacts in
@@ -11,6 +14,7 @@ said once. Only the main process of a multi-process run reports.
 from __future__ import annotations
 
 import importlib.util
+import netrc
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -45,22 +49,53 @@ def _installed(name: str) -> bool:
 
 def resolve_trackers(value: str | Sequence[str] | None) -> list[str]:
     """The trackers a run reports to; a tracker asked for by name but not installed is DEP_EXTRA_MISSING."""
+    return choose_trackers(value)[0]
+
+
+def choose_trackers(value: str | Sequence[str] | None) -> tuple[list[str], str | None]:
+    """The trackers a run reports to, and for "auto" why each one is on or off (None for explicit names)."""
     parsed = parse_report_to(value)
     if parsed == "auto":
-        return [name for name in TRACKERS if _installed(name)]
+        reasons = {name: _auto_reason(name) for name in TRACKERS}
+        chosen = [name for name, (on, _) in reasons.items() if on]
+        return chosen, "; ".join(f"{name}: {why}" for name, (_, why) in reasons.items())
     missing = [name for name in parsed if not _installed(name)]
     if missing:
         raise BackpropagateError("DEP_EXTRA_MISSING", f"report_to asks for {', '.join(missing)}, which is not "
                                  "installed.", hint=TRACKING_HINT)
-    return list(parsed)
+    return list(parsed), None
+
+
+def _auto_reason(name: str) -> tuple[bool, str]:
+    """Whether "auto" turns ``name`` on, and why: installed is enough for local TensorBoard files only."""
+    if not _installed(name):
+        return False, "not installed"
+    if name == "tensorboard":
+        return True, "installed"
+    if name == "mlflow":
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return True, "MLFLOW_TRACKING_URI is set"
+        return False, "not configured (set MLFLOW_TRACKING_URI)"
+    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+        if os.environ.get(var):
+            return True, f"{var} is set"
+    if _wandb_netrc_login():
+        return True, "netrc has a login for api.wandb.ai"
+    return False, "not configured (set WANDB_API_KEY or WANDB_MODE, or wandb login)"
+
+
+def _wandb_netrc_login() -> bool:
+    """A `wandb login` entry in the netrc W&B reads ($NETRC, else ~/.netrc); the secret is never read out."""
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
+    try:
+        return path.is_file() and netrc.netrc(str(path)).authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def _wandb_has_credentials() -> bool:
-    """An API key in the environment, or a `wandb login` entry in ~/.netrc."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path.home() / ".netrc"
-    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")
+    """An API key in the environment, or a `wandb login` entry in the netrc."""
+    return bool(os.environ.get("WANDB_API_KEY")) or _wandb_netrc_login()
 
 
 def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -82,7 +117,7 @@ class TrackerHub:
     @classmethod
     def open(cls, report_to: Any, *, run_id: str, output_dir: Path, config: Mapping[str, Any], log: Any,
              main: bool = True) -> TrackerHub:
-        names = resolve_trackers(report_to) if main else []
+        names, reasons = choose_trackers(report_to) if main else ([], None)
         trackers, started = [], []
         for name in names:
             try:
@@ -91,10 +126,11 @@ class TrackerHub:
             except Exception as exc:  # noqa: BLE001 - a tracker that cannot start costs its metrics, not the run
                 log.warning("tracker_unavailable", tracker=name, error=f"{type(exc).__name__}: {exc}"[:300])
         hub = cls(trackers, started)
-        names = started
         hub._each("store_init_configuration", _flat(config))
-        if names:
-            log.info("trackers", report_to=",".join(names))
+        if reasons is not None:
+            log.info("trackers", report_to=",".join(started) or "none", reasons=reasons)
+        elif started:
+            log.info("trackers", report_to=",".join(started))
         return hub
 
     def _each(self, method: str, *args: Any, **kwargs: Any) -> None:
@@ -148,13 +184,17 @@ def _start(name: str, run_id: str, output_dir: Path, log: Any) -> Any:
     elif name == "mlflow":
         import mlflow
 
-        if not os.environ.get("MLFLOW_TRACKING_URI"):  # MLflow 3 retired the plain-file store: a local SQLite one
-            mlflow.set_tracking_uri(f"sqlite:///{(output_dir / 'mlflow.db').resolve()}")
+        # MLflow 3 retired the plain-file store: a local SQLite one unless the env names a store. Set either
+        # way, as an earlier run in this process may have set the global URI.
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")
+                                or f"sqlite:///{(output_dir / 'mlflow.db').resolve()}")
         tracker = MLflowTracker(experiment_name=PROJECT, run_name=run_id,
                                 logging_dir=(output_dir / "mlruns").resolve().as_uri())
     else:
         kwargs: dict[str, Any] = {"name": run_id, "id": run_id, "dir": str(output_dir)}
-        if not _wandb_has_credentials():
+        if os.environ.get("WANDB_MODE"):  # the user's choice, passed on: wandb reads its env once per process
+            kwargs["mode"] = os.environ["WANDB_MODE"]
+        elif not _wandb_has_credentials():
             kwargs["mode"] = "offline"
             log.warning("wandb_offline", reason="no W&B credentials (WANDB_API_KEY or `wandb login`); the run is "
                         "kept offline in <output>/wandb, `wandb sync` uploads it later")

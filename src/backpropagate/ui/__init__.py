@@ -36,13 +36,18 @@ def build_app(workspace: Any = None) -> Any:
 
 
 def launch(*, host: str = "127.0.0.1", port: int = 7862, share: bool = False, auth: str | None = None,
-           block: bool = True) -> Any:
-    """Check the exposure rules, then serve the UI. Credentials are passed to Gradio, never printed."""
-    from ..logs import get_logger
-    from .security import MAX_UPLOAD_BYTES, LoginGuard, check_exposure, parse_auth, sandbox_root
+           auth_file: str | os.PathLike[str] | None = None, block: bool = True) -> Any:
+    """Check the exposure rules, then serve the UI. Credentials are passed to Gradio, never printed.
 
-    check_exposure(host, share, auth)
-    guard = LoginGuard(*parse_auth(auth)) if auth else None
+    ``auth`` (user:password), else ``auth_file``, else ``BACKPROPAGATE_UI__AUTH_FILE`` or
+    ``BACKPROPAGATE_UI__AUTH``: the last three keep the password out of the process list.
+    """
+    from ..logs import get_logger
+    from .security import MAX_UPLOAD_BYTES, LoginGuard, check_exposure, parse_auth, resolve_auth, sandbox_root
+
+    credentials, source = resolve_auth(auth, auth_file)
+    check_exposure(host, share, credentials)
+    guard = LoginGuard(*parse_auth(credentials, source)) if credentials else None
     root = sandbox_root(os.environ.get("BACKPROPAGATE_UI__OUTPUT_DIR"))
     root.mkdir(parents=True, exist_ok=True)
     # Gradio's own upload cache lives in the sandbox too, so the UI writes nowhere else.
@@ -53,7 +58,7 @@ def launch(*, host: str = "127.0.0.1", port: int = 7862, share: bool = False, au
 
     demo = build_app(Workspace(root))
     get_logger().info("ui_starting", url=f"http://{host}:{port}", sandbox=str(root), share=share,
-                      auth="on" if guard else "off")
+                      login=f"on ({source})" if guard else "off")
     return demo.launch(server_name=host, server_port=port, share=share, auth=guard,
                        auth_message="backpropagate: sign in" if guard else None, max_file_size=MAX_UPLOAD_BYTES,
                        allowed_paths=[str(root)], ssr_mode=False, show_error=False, quiet=False,

@@ -55,7 +55,8 @@ class JobState:
         return self.status in {"running", "stopping"}
 
     def latest(self) -> dict[str, Any]:
-        return self.metrics[-1] if self.metrics else {}
+        """The newest training step's metrics (evaluations are recorded beside them)."""
+        return next((m for m in reversed(self.metrics) if "loss" in m), {})
 
     def eta_seconds(self) -> float | None:
         """Remaining time from the mean pace so far (None before the first step)."""
@@ -89,6 +90,11 @@ class JobContext:
         keep = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
         with self._runner._lock:
             self._runner._state.metrics.append(keep)
+
+    def on_evaluate(self, step: int, metrics: dict[str, float]) -> None:
+        """A TrainingCallback ``on_evaluate`` hook: records the held-out loss at ``step`` (the chart's eval line)."""
+        with self._runner._lock:
+            self._runner._state.metrics.append({"step": step, "eval_loss": float(metrics["loss"])})
 
     def say(self, line: str) -> None:
         from ..logs import redact

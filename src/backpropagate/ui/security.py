@@ -1,7 +1,8 @@
 """The web UI's security rules, kept free of Gradio so they are testable on their own.
 
-* Exposure needs credentials: ``--share`` or a non-loopback ``--host`` without ``--auth`` is refused,
-  with no opt-out.
+* Exposure needs credentials: ``--share`` or a non-loopback ``--host`` without any is refused, with no
+  opt-out. Credentials come from ``--auth``, ``--auth-file``, ``BACKPROPAGATE_UI__AUTH_FILE`` or
+  ``BACKPROPAGATE_UI__AUTH`` (in that order); the last three keep the password out of the process list.
 * Every path the UI reads or writes is resolved (symlinks included) inside one sandbox folder, and the
   sandbox itself may not be, or contain, a system or credential location.
 * Uploaded file names are reduced to a safe base name and uploads are size-limited.
@@ -17,7 +18,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path, PureWindowsPath
 
 from ..atomic import SYSTEM_DIRS, check_output_location
@@ -31,12 +32,67 @@ _CREDENTIAL_DIRS = ("~/.ssh", "~/.aws", "~/.config/gcloud", "~/.gnupg", "~/.kube
 _WINDOWS_DIRS = ("c:/windows", "c:/program files", "c:/program files (x86)", "c:/programdata")
 
 
-def parse_auth(value: str) -> tuple[str, str]:
-    """``user:password`` -> (user, password); the password may itself contain colons."""
+AUTH_ENV = "BACKPROPAGATE_UI__AUTH"
+AUTH_FILE_ENV = "BACKPROPAGATE_UI__AUTH_FILE"
+_AUTH_FILE_MAX_BYTES = 4096
+
+
+def parse_auth(value: str, source: str = "--auth") -> tuple[str, str]:
+    """``user:password`` -> (user, password); the password may itself contain colons. Never echoes it."""
     user, sep, password = value.partition(":")
     if not sep or not user or not password:
-        raise BackpropagateError("INPUT_INVALID_VALUE", "--auth must look like user:password (both non-empty).")
+        raise BackpropagateError("INPUT_INVALID_VALUE", f"{source} must look like user:password (both non-empty).")
     return user, password
+
+
+def resolve_auth(auth: str | None = None, auth_file: str | os.PathLike[str] | None = None,
+                 environ: Mapping[str, str] | None = None) -> tuple[str | None, str]:
+    """The UI credentials and where they came from: ``--auth``, ``--auth-file``, then the environment.
+
+    A password on the command line is visible to every user of the machine (``ps``); a file or an
+    environment variable is not, which is why those exist.
+    """
+    env = os.environ if environ is None else environ
+    if auth:
+        return auth, "--auth"
+    if auth_file:
+        return read_auth_file(auth_file), "--auth-file"
+    if env.get(AUTH_FILE_ENV):
+        return read_auth_file(env[AUTH_FILE_ENV]), AUTH_FILE_ENV
+    if env.get(AUTH_ENV):
+        parse_auth(env[AUTH_ENV], AUTH_ENV)
+        return env[AUTH_ENV], AUTH_ENV
+    return None, "none"
+
+
+def read_auth_file(path: str | os.PathLike[str]) -> str:
+    """The one ``user:password`` line of a credentials file (trailing newline dropped); warns if others may read it."""
+    file = Path(path).expanduser()
+    try:
+        with file.open("rb") as handle:
+            data = handle.read(_AUTH_FILE_MAX_BYTES + 1)
+            mode = os.fstat(handle.fileno()).st_mode
+    except FileNotFoundError:
+        raise _auth_file_error(file, "does not exist") from None
+    except OSError as exc:
+        raise _auth_file_error(file, f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    try:
+        text = data.decode("utf-8").removesuffix("\n").removesuffix("\r")
+        if len(data) > _AUTH_FILE_MAX_BYTES or "\n" in text or "\r" in text:
+            raise ValueError("not one line")
+        parse_auth(text)
+    except (ValueError, BackpropagateError):  # UnicodeDecodeError is a ValueError
+        raise _auth_file_error(file, "must hold one line user:password (both non-empty)") from None
+    if os.name == "posix" and mode & 0o077:
+        from ..logs import get_logger
+
+        get_logger().warning("auth_file_permissions", path=str(file), mode=oct(mode & 0o777),
+                             hint=f"run chmod 600 {file} so that only you can read the UI credentials")
+    return text
+
+
+def _auth_file_error(file: Path, what: str) -> BackpropagateError:
+    return BackpropagateError("INPUT_AUTH_FILE_UNREADABLE", f"the UI credentials file {str(file)!r} {what}.")
 
 
 def is_loopback(host: str) -> bool:
@@ -54,8 +110,9 @@ def check_exposure(host: str, share: bool, auth: str | None) -> None:
         where = "--share" if share else f"--host {host}"
         raise BackpropagateError(
             "INPUT_AUTH_REQUIRED",
-            f"{where} exposes the UI (and your training machine) to other computers; it needs --auth.",
-            hint="Pass --auth user:password, or keep the default host and use SSH port forwarding: "
+            f"{where} exposes the UI (and your training machine) to other computers; it needs credentials.",
+            hint=f"Set {AUTH_ENV}=user:password (or --auth-file PATH, or --auth user:password, which other "
+                 "users can see in the process list), or keep the default host and use SSH port forwarding: "
                  "ssh -L 7862:localhost:7862 <training-host>.")
 
 

@@ -64,9 +64,10 @@ def job_markdown(state: JobState) -> str:
 
 
 def loss_rows(state: JobState) -> list[dict[str, Any]]:
-    """Rows for the live loss chart: step, loss and the series (the run number in a campaign)."""
+    """Rows for the live loss chart: step, loss and the series (train, eval, or the run number in a campaign)."""
     rows = [{"step": m["step"], "loss": m["loss"], "series": f"run {m['run']}" if "run" in m else "train"}
             for m in state.metrics if "step" in m and "loss" in m]
+    rows += [{"step": m["step"], "loss": m["eval_loss"], "series": "eval"} for m in state.metrics if "eval_loss" in m]
     if rows:  # the chart fixes its legend at the first draw: name the runs still to come, without points
         seen = {r["series"] for r in rows}
         rows += [{"step": rows[0]["step"], "loss": None, "series": name}
@@ -93,34 +94,10 @@ def runs_table(records: list[Any], root: Any) -> list[list[Any]]:
 
 
 def run_text(r: Any) -> str:
-    """A run's details, like ``backprop show-run``."""
-    from ..runs.history import flatten
+    """A run's details, exactly as ``backprop show-run`` prints them."""
+    from ..runs.describe import describe
 
-    lines = [f"run {r.run_id}  ({r.status}{', error ' + r.error_code if r.error_code else ''})",
-             f"model       {r.model}", f"dataset     {r.dataset_path or '-'}",
-             f"steps       {r.completed_steps}/{r.steps}",
-             f"final loss  {'-' if r.final_loss is None else f'{r.final_loss:.4f}'}",
-             f"started     {r.started_at}", f"ended       {r.ended_at or '-'}",
-             f"adapter     {r.output_path or '-'}"]
-    if r.error_message:
-        lines.append(f"error       {r.error_message}")
-    if r.checkpoints:
-        lines.append("checkpoints " + ", ".join(c.rsplit("/", 1)[-1] for c in r.checkpoints))
-    for export in r.details.get("exports", []):
-        lines.append(f"export      {export.get('format')} {export.get('quantization') or ''} -> {export.get('path')}"
-                     f" (parity {export.get('parity_passed')})")
-    forgetting = r.details.get("forgetting")
-    if forgetting:
-        lines.append(f"forgetting  {forgetting.get('summary') or forgetting}")
-    if r.details.get("sample_answers"):
-        from ..training.answers import answers_text
-
-        lines += ["", "before / after (greedy: base model, then the tuned one)", answers_text(r.details["sample_answers"])]
-    lines.append("")
-    lines.append("settings")
-    for key, value in flatten(r.config).items():
-        lines.append(f"  {key} = {value}")
-    return "\n".join(lines)
+    return describe(r)
 
 
 def diff_text(d: Any) -> str:

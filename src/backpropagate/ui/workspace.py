@@ -201,19 +201,22 @@ class Workspace:
     def plan_text(self, **form: Any) -> str:
         return self.make_trainer(**form, output=self.root / "runs" / "plan").plan().report()
 
-    def start_training(self, *, dataset: str, steps: Any, **form: Any) -> str:
-        """Start one training run in the background; returns the output folder (relative)."""
+    def start_training(self, *, dataset: str, steps: Any, eval_fraction: Any = None, **form: Any) -> str:
+        """Start one training run in the background; returns the output folder (relative). ``eval_fraction``
+        0 or empty: the automatic hold-out (5 % of a dataset of 1000+ rows)."""
         from .. import TrainingCallback
 
         data = self.dataset_path(dataset)
         steps = _positive_int("steps", steps)
+        held_out = None if eval_fraction in (0, "0") else _optional_float("held-out share", eval_fraction)
         output = self.new_output_dir()
         trainer = self.make_trainer(**form, output=output)
 
         def job(ctx: JobContext) -> dict[str, Any]:
             ctx.say(f"training {trainer.settings.model.name} on {self.relative(data)} for {steps} steps")
             run = self._train_stoppable(ctx, trainer, output, lambda: trainer.train(
-                str(data), steps=steps, callback=TrainingCallback(on_log=ctx.on_log)))
+                str(data), steps=steps, eval_fraction=held_out,
+                callback=TrainingCallback(on_log=ctx.on_log, on_evaluate=ctx.on_evaluate)))
             self._trained = (trainer, run.run_id)
             ctx.say(f"run {run.run_id[:8]} completed: final loss {run.final_loss:.4f}")
             return {"run_id": run.run_id, "final_loss": run.final_loss, "output": self.relative(Path(run.output_path))}

@@ -1,0 +1,91 @@
+"""A `backprop train` with held-out evaluation SIGKILLed after an evaluation resumes (`backprop resume`) to
+the same eval curve, best step, before/after answers and adapters as a run never interrupted; a resume that
+asks for another hold-out is refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from backpropagate import BackpropagateError, Trainer, runs
+from backpropagate.demo import quickstart_path
+from backpropagate.training.checkpoints import DELAY_ENV
+from process_helpers import BACKPROP, wait_for
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+DATA = str(quickstart_path())
+
+
+def _args(model: Path, out: Path) -> list[str]:
+    return ["train", "--data", DATA, "--model", str(model), "--output", str(out), "--steps", "8",
+            "--eval-fraction", "0.25", "--eval-steps", "2", "--save-steps", "4", "--sample-prompt", "What is Python?",
+            "--lora-r", "4", "--lora-alpha", "8", "--batch-size", "2", "--gradient-accumulation", "1",
+            "--max-seq-length", "64", "--lr", "5e-3", "--seed", "3", "--report-to", "none"]
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_sigkill_after_an_evaluation_resumes_to_the_same_curve_and_adapters(tiny_llama: Path,
+                                                                            tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    done = subprocess.run([BACKPROP, *_args(tiny_llama, reference)], env=ENV, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out"
+    # Each checkpoint file is followed by a pause, so the process is still at step 4 when it is killed.
+    crash = subprocess.Popen([BACKPROP, *_args(tiny_llama, out)], env={**ENV, DELAY_ENV: "2"},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_id = wait_for(lambda: next((r.run_id for r in runs.list(out)), None), "its history row", crash)
+    step_4 = out / "checkpoints" / run_id / "step-000004" / "manifest.json"
+    wait_for(step_4.is_file, "the step-4 checkpoint (after the evaluations at steps 2 and 4)", crash, timeout=600)
+    crash.send_signal(signal.SIGKILL)
+    assert crash.wait(timeout=30) == -signal.SIGKILL
+    assert runs.get(run_id, out).status in ("running", "interrupted") and not (out / "lora").exists()
+
+    resumed = subprocess.run([BACKPROP, "resume", run_id[:8], "--output", str(out)], env=ENV,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "from_step=4" in resumed.stderr
+    want, got = runs.list(reference)[0].details, runs.get(run_id, out).details
+    assert got["eval_history"] == want["eval_history"] and [s for s, _ in got["eval_history"]] == [2, 4, 6, 8]
+    assert (got["best_step"], got["best_eval_loss"]) == (want["best_step"], want["best_eval_loss"])
+    assert got["sample_answers"] == want["sample_answers"]  # the prompt came back from the run's own config
+    assert [e["step"] for e in got["sample_answers"][0]["evaluations"]] == [2, 4, 6, 8]
+    for folder in ("lora", "lora-best"):
+        a, b = _weights(reference / folder), _weights(out / folder)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), folder
+
+
+def test_resume_with_another_hold_out_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    settings = {"lora_r": 4, "lora_alpha": 8, "batch_size": 2, "gradient_accumulation": 1, "max_seq_length": 64,
+                "report_to": "none", "eval_steps": 2, "save_steps": 2}
+    out = tmp_path / "out"
+
+    def boom(where: str, step: int, index: object) -> None:
+        if (where, step) == ("micro_batch", 3):
+            raise KeyboardInterrupt
+
+    from backpropagate import RunControls, RunInterrupted
+
+    with pytest.raises(RunInterrupted):
+        Trainer(str(tiny_llama), output_dir=out, **settings).train(DATA, steps=4, eval_fraction=0.25,
+                                                                   controls=RunControls(fault=boom))
+    with pytest.raises(BackpropagateError) as info:
+        Trainer(str(tiny_llama), output_dir=out, **settings).train(resume=True, eval_fraction=0.5)
+    assert info.value.code == "INPUT_RESUME_MISMATCH" and "eval_fraction (0.25 -> 0.5)" in info.value.message
+    run = Trainer(str(tiny_llama), output_dir=out, **settings).train(resume=True)  # the run's own hold-out
+    assert [s for s, _ in run.eval_history] == [2, 4]
+    run_dir = out / "checkpoints" / run.run_id
+    kept = sorted(p.name for p in run_dir.glob("best-weights-step-*"))
+    assert f"best-weights-step-{run.best_step:06d}.safetensors" in kept  # older ones only while a checkpoint needs them
+    assert len(kept) <= 1 + len(list(run_dir.glob("step-*")))
