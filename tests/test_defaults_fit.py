@@ -165,3 +165,21 @@ def test_backprop_plan_prints_the_plan_the_run_will_use() -> None:
     pinned = run("plan", "--model", "qwen2.5-7b", "--vram", "16", "--method", "lora")
     assert "method     lora" in pinned.stdout and "does NOT fit" in pinned.stdout  # 16-bit pinned: the plan says so
     assert "try: load_in_4bit=True (QLoRA)" in pinned.stdout
+
+
+def test_a_campaign_that_cannot_fit_is_refused_before_any_weight_loads(tmp_path: Path) -> None:
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+                            for i in range(30)))
+    trainer = Trainer("qwen2.5-7b", output_dir=tmp_path / "out", load_in_4bit=False)
+    trainer.hardware = _card(16)
+    with pytest.raises(BackpropagateError) as info:
+        trainer.multi_run(str(rows), num_runs=2, steps_per_run=1)
+    assert info.value.code == "RUNTIME_WILL_NOT_FIT" and "the card has 16.0 GB" in info.value.message
+    assert trainer.model is None
+    warned = Trainer("qwen2.5-7b", output_dir=tmp_path / "out", load_in_4bit=False, memory_check="warn")
+    warned.hardware = _card(16)
+    with pytest.raises(BackpropagateError) as info:  # past the check, it goes on to load the model
+        warned.multi_run(str(rows), num_runs=2, steps_per_run=1)
+    assert info.value.code != "RUNTIME_WILL_NOT_FIT"

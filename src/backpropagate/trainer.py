@@ -358,7 +358,8 @@ class Trainer:
         check_output_dir(self.output_dir)
         self.controls = controls or self.controls
         self.controls.stop.clear()
-        tools = CampaignTools(self.settings, self.output_dir, self.smart_defaults, self.load, self.save, self.controls)
+        tools = CampaignTools(self.settings, self.output_dir, self._fitted_defaults, self.load, self.save,
+                              self.controls)
         result = run_campaign(tools, dataset, num_runs=num_runs, steps_per_run=steps_per_run,
                               samples_per_run=samples_per_run, merge_mode=merge_mode, eval_fraction=eval_fraction,
                               lambda_schedule=lambda_schedule, experimental=experimental, resume=resume,
@@ -386,6 +387,12 @@ class Trainer:
             log.warning("output_in_use", saving_to=str(target),
                         reason=f"another run holds {self.output_dir / LOCK_FILE}")
         return target
+
+    def _fitted_defaults(self) -> Any:
+        """A campaign's smart defaults, with the single run's memory check (before any weight loads)."""
+        defaults = self.smart_defaults()
+        self._check_memory(defaults, get_logger())
+        return defaults
 
     def _check_memory(self, defaults: Any, log: Any) -> None:
         """On a GPU, before loading weights: refuse (or, with memory_check="warn", say) a plan that does not fit."""
