@@ -85,7 +85,26 @@ def test_resume_with_another_hold_out_is_refused(tiny_llama: Path, tmp_path: Pat
     assert info.value.code == "INPUT_RESUME_MISMATCH" and "eval_fraction (0.25 -> 0.5)" in info.value.message
     run = Trainer(str(tiny_llama), output_dir=out, **settings).train(resume=True)  # the run's own hold-out
     assert [s for s, _ in run.eval_history] == [2, 4]
-    run_dir = out / "checkpoints" / run.run_id
-    kept = sorted(p.name for p in run_dir.glob("best-weights-step-*"))
-    assert f"best-weights-step-{run.best_step:06d}.safetensors" in kept  # older ones only while a checkpoint needs them
-    assert len(kept) <= 1 + len(list(run_dir.glob("step-*")))
+    assert not list((out / "checkpoints" / run.run_id).glob("best-weights-step-*"))  # saved as lora-best: gone
+
+
+def test_best_weight_files_are_pruned_while_the_run_goes_on(tiny_llama: Path, tmp_path: Path) -> None:
+    """Only the best weights that the state or a kept checkpoint names stay on disk during the run."""
+    from backpropagate import TrainingCallback
+
+    seen: list[tuple[int, list[str]]] = []
+    out = tmp_path / "out"
+    trainer = Trainer(str(tiny_llama), output_dir=out, lora_r=4, lora_alpha=8, batch_size=2, gradient_accumulation=1,
+                      max_seq_length=64, report_to="none", eval_steps=1, save_steps=2, keep_checkpoints=1,
+                      learning_rate=0.05, warmup_ratio=0.0, lr_scheduler="constant")
+
+    def on_step(metrics: dict) -> None:
+        run_dirs = list((out / "checkpoints").glob("*"))
+        names = sorted(p.name for d in run_dirs for p in d.glob("best-weights-step-*"))
+        seen.append((metrics["step"], names))
+
+    run = trainer.train(DATA, steps=8, eval_fraction=0.25, callback=TrainingCallback(on_log=on_step))
+    assert run.best_step is not None and len(seen) == 8
+    losses = [v for _, v in run.eval_history]
+    assert sum(v < min(losses[:i], default=float("inf")) for i, v in enumerate(losses)) >= 3  # 3+ best files made
+    assert max(len(names) for _, names in seen) <= 2  # the current best, and the one the kept checkpoint names

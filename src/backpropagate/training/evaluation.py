@@ -302,6 +302,10 @@ class Evaluator:
             if step.isdigit() and int(step) not in needed:
                 path.unlink(missing_ok=True)
 
+    def discard_best_files(self) -> None:
+        for path in self.run_dir.glob(BEST_WEIGHTS.replace("{step:06d}", "*")):
+            path.unlink(missing_ok=True)
+
     def state_dict(self) -> dict[str, Any]:
         return {"history": [list(h) for h in self.history], "best_loss": self.best_loss, "best_step": self.best_step,
                 "bad": self.bad, "stop_reason": self.stop_reason,
@@ -388,6 +392,7 @@ def finish(evaluator: Evaluator | None, model: Any, target: Path, save: Any, *, 
         final_path, best_path = save(target), None
     else:
         final_path, best_path = save_both(model, evaluator, target, save, keep_best=keep_best)
+    evaluator.discard_best_files()  # the best adapter is saved: a full model's copies would only take disk
     return {"output_path": str(best_path if keep_best and best_path else final_path),
             "steps": len(result.loss_history) if evaluator.stop_reason else steps,
             "eval_history": list(evaluator.history), "best_eval_loss": evaluator.best_loss,
