@@ -22,3 +22,7 @@ def wait_for(condition: Callable[[], Any], what: str, proc: subprocess.Popen, ti
         assert proc.poll() is None, f"process ended (rc={proc.returncode}) before {what}"
         time.sleep(0.01)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class Crash(BaseException):
+    """Stands for the process dying: not an Exception, so nothing may swallow it."""

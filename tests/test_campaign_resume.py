@@ -12,26 +12,18 @@ from safetensors.torch import load_file
 
 from backpropagate import RunControls, RunInterrupted, Trainer, TrainingCallback, runs
 from backpropagate.training.checkpoints import list_checkpoints
+from process_helpers import Crash
 
 ARGS = {"lora_r": 4, "lora_alpha": 8, "batch_size": 2, "gradient_accumulation": 1, "max_seq_length": 96,
         "learning_rate": 5e-3, "seed": 3, "report_to": "none"}
 CAMPAIGN = {"num_runs": 3, "steps_per_run": 4, "samples_per_run": 20, "eval_fraction": 0.2}
 
 
-class Crash(BaseException):
-    """Stands for the process dying: not an Exception, so nothing may swallow it."""
-
-
 @pytest.fixture(scope="module")
-def identity(identity_rows: Path) -> Path:
-    return identity_rows
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_llama: Path, identity: Path, tmp_path_factory: pytest.TempPathFactory):
+def reference(tiny_llama: Path, identity_rows: Path, tmp_path_factory: pytest.TempPathFactory):
     """The uninterrupted campaign, without periodic checkpoints (save_steps only changes how it is looked after)."""
     out = tmp_path_factory.mktemp("reference")
-    return Trainer(str(tiny_llama), output_dir=out, save_steps=0, **ARGS).multi_run(identity, **CAMPAIGN)
+    return Trainer(str(tiny_llama), output_dir=out, save_steps=0, **ARGS).multi_run(identity_rows, **CAMPAIGN)
 
 
 def _assert_same_campaign(result, reference) -> None:
@@ -45,7 +37,7 @@ def _assert_same_campaign(result, reference) -> None:
 
 
 def test_campaign_crashed_mid_run_2_resumes_from_its_step_checkpoint(
-        tiny_llama: Path, identity: Path, tmp_path: Path, reference, capsys: pytest.CaptureFixture[str]) -> None:
+        tiny_llama: Path, identity_rows: Path, tmp_path: Path, reference, capsys: pytest.CaptureFixture[str]) -> None:
     current = {"run": 0}
 
     def crash_in_run_2_step_3(where: str, step: int, detail: object) -> None:
@@ -57,7 +49,7 @@ def test_campaign_crashed_mid_run_2_resumes_from_its_step_checkpoint(
     out = tmp_path / "out"
     with pytest.raises(Crash):
         Trainer(str(tiny_llama), output_dir=out, save_steps=1, **ARGS).multi_run(
-            identity, controls=RunControls(fault=crash_in_run_2_step_3), **CAMPAIGN)
+            identity_rows, controls=RunControls(fault=crash_in_run_2_step_3), **CAMPAIGN)
     (crashed,) = runs.list(out)
     assert crashed.status == "interrupted" and crashed.completed_steps == 4 + 2
     run_dir = out / "checkpoints" / crashed.run_id / "run-0002"
@@ -74,7 +66,7 @@ def test_campaign_crashed_mid_run_2_resumes_from_its_step_checkpoint(
 
 
 def test_trainer_stop_in_run_2_leaves_an_interrupted_campaign_that_resumes(
-        tiny_llama: Path, identity: Path, tmp_path: Path, reference) -> None:
+        tiny_llama: Path, identity_rows: Path, tmp_path: Path, reference) -> None:
     out = tmp_path / "out"
     trainer = Trainer(str(tiny_llama), output_dir=out, save_steps=0, **ARGS)
 
@@ -83,7 +75,7 @@ def test_trainer_stop_in_run_2_leaves_an_interrupted_campaign_that_resumes(
             trainer.stop("test")
 
     with pytest.raises(RunInterrupted) as info:
-        trainer.multi_run(identity, callback=TrainingCallback(on_step=on_step), **CAMPAIGN)
+        trainer.multi_run(identity_rows, callback=TrainingCallback(on_step=on_step), **CAMPAIGN)
     stopped = info.value
     assert stopped.step == 5 and f"backprop resume {stopped.run_id}" in stopped.message
     record = runs.get(stopped.run_id, out)
@@ -96,7 +88,7 @@ def test_trainer_stop_in_run_2_leaves_an_interrupted_campaign_that_resumes(
 
 
 def test_a_hot_gpu_in_a_campaign_run_checkpoints_before_the_pause(
-        tiny_llama: Path, identity: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tiny_llama: Path, identity_rows: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from backpropagate.training.guards import ThermalGuard
 
     sleeps: list[float] = []
@@ -105,7 +97,7 @@ def test_a_hot_gpu_in_a_campaign_run_checkpoints_before_the_pause(
                          poll_seconds=30, sleep=sleeps.append, clock=lambda: 30.0 * len(sleeps))
     out = tmp_path / "out"
     trainer = Trainer(str(tiny_llama), output_dir=out, save_steps=0, **ARGS)
-    result = trainer.multi_run(identity, controls=RunControls(temperature=guard), **CAMPAIGN)
+    result = trainer.multi_run(identity_rows, controls=RunControls(temperature=guard), **CAMPAIGN)
     logs = capsys.readouterr().err
     assert sleeps == [30] and "thermal_pause" in logs
     saved = [line for line in logs.splitlines() if "checkpoint_saved" in line]
@@ -113,14 +105,14 @@ def test_a_hot_gpu_in_a_campaign_run_checkpoints_before_the_pause(
     assert runs.get(result.run_id, out).status == "completed"
 
 
-def test_the_ui_stop_checkpoints_a_campaign_and_resume_finishes_it(tiny_llama: Path, identity: Path,
+def test_the_ui_stop_checkpoints_a_campaign_and_resume_finishes_it(tiny_llama: Path, identity_rows: Path,
                                                                    tmp_path: Path) -> None:
     import time
 
     from backpropagate.ui.workspace import Workspace
 
     ws = Workspace(tmp_path / "sandbox", default_model=str(tiny_llama))
-    rel = ws.save_upload(identity)
+    rel = ws.save_upload(identity_rows)
     ws.start_multi_run(datasets=rel, num_runs=2, steps_per_run=40, samples_per_run=None, model=None,
                        preset="fast", max_seq_length=96)
     deadline = time.monotonic() + 180

@@ -13,25 +13,17 @@ from safetensors.torch import load_file
 
 from backpropagate import RunControls, Trainer, runs
 from backpropagate.errors import BackpropagateError
+from process_helpers import Crash
 
 ARGS = {"lora_r": 4, "lora_alpha": 8, "batch_size": 2, "gradient_accumulation": 1, "max_seq_length": 96,
         "save_steps": 0, "learning_rate": 5e-3, "seed": 3}
 CAMPAIGN = {"num_runs": 3, "steps_per_run": 3, "samples_per_run": 20, "eval_fraction": 0.2}
 
 
-class Crash(BaseException):
-    """Stands for the process dying: not an Exception, so nothing may swallow it."""
-
-
 @pytest.fixture(scope="module")
-def identity(identity_rows: Path) -> Path:
-    return identity_rows
-
-
-@pytest.fixture(scope="module")
-def campaign(tiny_llama: Path, identity: Path, tmp_path_factory: pytest.TempPathFactory):
+def campaign(tiny_llama: Path, identity_rows: Path, tmp_path_factory: pytest.TempPathFactory):
     trainer = Trainer(str(tiny_llama), output_dir=tmp_path_factory.mktemp("campaign"), **ARGS)
-    return trainer, trainer.multi_run(identity, **CAMPAIGN)
+    return trainer, trainer.multi_run(identity_rows, **CAMPAIGN)
 
 
 def _pairs(folder: str | Path) -> dict[str, torch.Tensor]:
@@ -97,7 +89,7 @@ def test_export_works_right_after(campaign) -> None:
     assert card["run_id"] == result.run_id
 
 
-def test_a_campaign_killed_in_run_2_resumes_to_the_same_adapter(tiny_llama: Path, identity: Path,
+def test_a_campaign_killed_in_run_2_resumes_to_the_same_adapter(tiny_llama: Path, identity_rows: Path,
                                                                 tmp_path: Path, campaign) -> None:
     _, reference = campaign
     run = {"i": 0}
@@ -111,11 +103,11 @@ def test_a_campaign_killed_in_run_2_resumes_to_the_same_adapter(tiny_llama: Path
     out = tmp_path / "out"
     with pytest.raises(Crash):
         Trainer(str(tiny_llama), output_dir=out, **ARGS).multi_run(
-            identity, controls=RunControls(fault=crash_in_run_2), **CAMPAIGN)
+            identity_rows, controls=RunControls(fault=crash_in_run_2), **CAMPAIGN)
     (interrupted,) = runs.list(out)
     assert interrupted.status == "interrupted" and interrupted.completed_steps == 3
     # Started again the same way, without naming it: the unfinished campaign is found and continued in run 2.
-    result = Trainer(str(tiny_llama), output_dir=out, **ARGS).multi_run(identity, **CAMPAIGN)
+    result = Trainer(str(tiny_llama), output_dir=out, **ARGS).multi_run(identity_rows, **CAMPAIGN)
     assert result.run_id == interrupted.run_id and runs.get(result.run_id, out).status == "completed"
     got, want = _pairs(result.output_path), _pairs(reference.output_path)
     assert got.keys() == want.keys()
@@ -125,7 +117,7 @@ def test_a_campaign_killed_in_run_2_resumes_to_the_same_adapter(tiny_llama: Path
     assert result.report.accuracy == reference.report.accuracy
 
 
-def test_resume_by_id_refuses_other_settings(tiny_llama: Path, identity: Path, tmp_path: Path) -> None:
+def test_resume_by_id_refuses_other_settings(tiny_llama: Path, identity_rows: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
 
     def crash(where: str, step: int, detail: object) -> None:
@@ -134,7 +126,7 @@ def test_resume_by_id_refuses_other_settings(tiny_llama: Path, identity: Path, t
 
     with pytest.raises(Crash):
         Trainer(str(tiny_llama), output_dir=out, **ARGS).multi_run(
-            identity, controls=RunControls(fault=crash), **CAMPAIGN)
+            identity_rows, controls=RunControls(fault=crash), **CAMPAIGN)
     run_id = runs.list(out)[0].run_id
     with pytest.raises(BackpropagateError) as info:
         Trainer(str(tiny_llama), output_dir=out, **ARGS).multi_run(
@@ -145,9 +137,9 @@ def test_resume_by_id_refuses_other_settings(tiny_llama: Path, identity: Path, t
     assert info.value.code == "INPUT_RESUME_MISMATCH" and "lora_r" in info.value.message
 
 
-def test_merge_mode_none_is_plain_sequential_lora(tiny_llama: Path, identity: Path, tmp_path: Path) -> None:
+def test_merge_mode_none_is_plain_sequential_lora(tiny_llama: Path, identity_rows: Path, tmp_path: Path) -> None:
     result = Trainer(str(tiny_llama), output_dir=tmp_path, **ARGS).multi_run(
-        identity, merge_mode="none", num_runs=2, steps_per_run=2, samples_per_run=10)
+        identity_rows, merge_mode="none", num_runs=2, steps_per_run=2, samples_per_run=10)
     assert result.merge_weights == [1.0, 1.0] and result.report.merge_mode == "none"
     last, merged = _pairs(result.run_adapters[-1]), _pairs(result.output_path)
     assert all(torch.equal(last[k], merged[k]) for k in merged)
@@ -159,34 +151,34 @@ def _code(fn, *args, **kwargs) -> BackpropagateError:
     return info.value
 
 
-def test_bad_input_is_a_coded_error_before_training(tiny_llama: Path, identity: Path, tmp_path: Path) -> None:
+def test_bad_input_is_a_coded_error_before_training(tiny_llama: Path, identity_rows: Path, tmp_path: Path) -> None:
     trainer = Trainer(str(tiny_llama), output_dir=tmp_path, **ARGS)
-    assert _code(trainer.multi_run, identity, num_runs=0).code == "INPUT_INVALID_VALUE"
-    assert _code(trainer.multi_run, identity, merge_mode="average").code == "INPUT_INVALID_VALUE"
-    assert _code(trainer.multi_run, identity, lambda_schedule="1/log(i)").code == "INPUT_INVALID_VALUE"
-    assert _code(trainer.multi_run, identity, eval_fraction=0.9).code == "INPUT_INVALID_VALUE"
-    err = _code(trainer.multi_run, identity, num_runs=5, samples_per_run=30)
+    assert _code(trainer.multi_run, identity_rows, num_runs=0).code == "INPUT_INVALID_VALUE"
+    assert _code(trainer.multi_run, identity_rows, merge_mode="average").code == "INPUT_INVALID_VALUE"
+    assert _code(trainer.multi_run, identity_rows, lambda_schedule="1/log(i)").code == "INPUT_INVALID_VALUE"
+    assert _code(trainer.multi_run, identity_rows, eval_fraction=0.9).code == "INPUT_INVALID_VALUE"
+    err = _code(trainer.multi_run, identity_rows, num_runs=5, samples_per_run=30)
     assert err.code == "INPUT_NOT_ENOUGH_DATA" and "91 rows" in err.message and "enough for 3 runs" in err.message
-    err = _code(trainer.multi_run, [identity, identity], samples_per_run=200)
+    err = _code(trainer.multi_run, [identity_rows, identity_rows], samples_per_run=200)
     assert err.code == "INPUT_NOT_ENOUGH_DATA" and "has 91 rows" in err.message
-    err = _code(trainer.multi_run, [identity, identity], samples_per_run=20)  # the same rows in both runs
+    err = _code(trainer.multi_run, [identity_rows, identity_rows], samples_per_run=20)  # the same rows in both runs
     assert err.code == "SLAO_HOLDOUT_OVERLAP"
-    assert _code(Trainer(str(tiny_llama), output_dir=tmp_path, mode="full").multi_run, identity).code == \
+    assert _code(Trainer(str(tiny_llama), output_dir=tmp_path, mode="full").multi_run, identity_rows).code == \
         "SLAO_UNSUPPORTED_METHOD"
-    err = _code(Trainer(str(tiny_llama), output_dir=tmp_path, use_dora=True).multi_run, identity)
+    err = _code(Trainer(str(tiny_llama), output_dir=tmp_path, use_dora=True).multi_run, identity_rows)
     assert err.code == "SLAO_UNSUPPORTED_METHOD" and "experimental" in err.hint
     assert trainer.model is None and not runs.list(tmp_path)  # nothing was loaded or recorded
 
 
-def test_a_campaign_refuses_several_processes(tiny_llama: Path, identity: Path, tmp_path: Path,
+def test_a_campaign_refuses_several_processes(tiny_llama: Path, identity_rows: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets for each of its processes
-    err = _code(Trainer(str(tiny_llama), output_dir=tmp_path).multi_run, identity)
+    err = _code(Trainer(str(tiny_llama), output_dir=tmp_path).multi_run, identity_rows)
     assert err.code == "INPUT_INVALID_VALUE" and "one process" in err.message
 
 
-def test_experimental_dora_is_flagged_in_the_report(tiny_llama: Path, identity: Path, tmp_path: Path) -> None:
+def test_experimental_dora_is_flagged_in_the_report(tiny_llama: Path, identity_rows: Path, tmp_path: Path) -> None:
     result = Trainer(str(tiny_llama), output_dir=tmp_path, use_dora=True, **ARGS).multi_run(
-        identity, num_runs=2, steps_per_run=1, samples_per_run=10, experimental=True)
+        identity_rows, num_runs=2, steps_per_run=1, samples_per_run=10, experimental=True)
     assert any("DoRA" in note and "experimental" in note for note in result.report.notes)
     assert "experimental" in result.report.to_text()

@@ -75,7 +75,7 @@ class JobContext:
 
     @property
     def stop_requested(self) -> bool:
-        return self._runner._stop.is_set()
+        return self._runner.stop_requested
 
     def check_stop(self) -> None:
         if self.stop_requested:
@@ -88,25 +88,24 @@ class JobContext:
     def on_log(self, metrics: dict[str, Any]) -> None:
         """A TrainingCallback ``on_log`` hook: records one step."""
         keep = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
-        with self._runner._lock:
-            self._runner._state.metrics.append(keep)
+        self._runner.update(lambda state: state.metrics.append(keep))
 
     def on_evaluate(self, step: int, metrics: dict[str, float]) -> None:
         """A TrainingCallback ``on_evaluate`` hook: records the held-out loss at ``step`` (the chart's eval line)."""
-        with self._runner._lock:
-            self._runner._state.metrics.append({"step": step, "eval_loss": float(metrics["loss"])})
+        point = {"step": step, "eval_loss": float(metrics["loss"])}
+        self._runner.update(lambda state: state.metrics.append(point))
 
     def say(self, line: str) -> None:
         from ..logs import redact
 
-        with self._runner._lock:
-            lines = self._runner._state.log
-            lines.append(redact(line))
-            del lines[:-MAX_LOG_LINES]
+        def append(state: JobState) -> None:
+            state.log.append(redact(line))
+            del state.log[:-MAX_LOG_LINES]
+
+        self._runner.update(append)
 
     def set_result(self, **values: Any) -> None:
-        with self._runner._lock:
-            self._runner._state.result.update(values)
+        self._runner.update(lambda state: state.result.update(values))
 
 
 class JobRunner:
@@ -122,6 +121,15 @@ class JobRunner:
     def snapshot(self) -> JobState:
         with self._lock:
             return copy.deepcopy(self._state)
+
+    def update(self, change: Callable[[JobState], Any]) -> None:
+        """Apply ``change`` to the current job's state under the lock (what a running job reports)."""
+        with self._lock:
+            change(self._state)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
 
     @property
     def busy(self) -> bool:
