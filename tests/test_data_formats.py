@@ -108,11 +108,13 @@ def test_sharegpt_roles_system_and_tools() -> None:
         {"from": "model", "value": "m"}, {"from": "chatgpt", "value": "c"}, {"from": "bot", "value": "b"},
         {"from": "user", "value": "q2"}, {"from": "assistant", "value": "a2"}]}
     (conv,) = convert([row])
-    assert isinstance(conv, Conversation) and conv.tools == [{"name": "f"}]
+    assert isinstance(conv, Conversation) and conv.tools == [{"type": "function", "function": {"name": "f"}}]
     assert [m["role"] for m in conv.messages] == ["system", "user", "assistant", "tool", "tool", "tool", "assistant",
                                                   "assistant", "assistant", "user", "assistant"]
-    assert conv.messages[2]["content"] == '{"name": "f", "arguments": {}}'
-    assert conv.messages[3]["content"] == " r "
+    assert conv.messages[2]["content"] == "" and conv.messages[2]["tool_calls"][0]["function"] == {
+        "name": "f", "arguments": {}}
+    assert conv.messages[3] == {"role": "tool", "content": " r ", "name": "f",
+                                "tool_call_id": conv.messages[2]["tool_calls"][0]["id"]}
 
 
 def test_sharegpt_in_messages_column() -> None:
@@ -158,8 +160,10 @@ def test_openai_parts_roles_and_tool_calls() -> None:
     (conv,) = convert([row])
     assert conv.messages == (
         {"role": "system", "content": "D"}, {"role": "user", "content": "Look here"},
-        {"role": "assistant", "content": '[{"name": "f", "arguments": {"a": 1}}, {"name": "g", "arguments": {}}]'},
-        {"role": "tool", "content": "1"}, {"role": "assistant", "content": "done"})
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "id": "1", "function": {"name": "f", "arguments": {"a": 1}}},
+            {"type": "function", "id": "2", "function": {"name": "g", "arguments": {}}}]},
+        {"role": "tool", "content": "1", "name": "f", "tool_call_id": "1"}, {"role": "assistant", "content": "done"})
     assert conv.tools == row["tools"]
     image = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
                           {"role": "assistant", "content": "a"}]}

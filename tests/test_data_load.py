@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from backpropagate.data.agentic import default_call_id
 from backpropagate.data.formats import Conversation, detect_format, to_examples
 from backpropagate.data.load import dataset_fingerprint, load_rows
 from backpropagate.errors import BackpropagateError
@@ -59,8 +60,12 @@ EXPECTED = {
         ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there "},
          {"role": "assistant", "content": " Hello!\nHow can I help?"}),
         ({"role": "user", "content": "Weather in Paris?"},
-         {"role": "assistant", "content": '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
-         {"role": "tool", "content": '{"temp": "18C"}'}, {"role": "assistant", "content": "It is 18C."}),
+         {"role": "assistant", "content": "", "tool_calls": [  # glaive gives no call id: a stable one is made
+             {"type": "function", "id": default_call_id(2, 2, 0),
+              "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+         {"role": "tool", "content": '{"temp": "18C"}', "tool_call_id": default_call_id(2, 2, 0),
+          "name": "get_weather"},
+         {"role": "assistant", "content": "It is 18C."}),
     ],
     "alpaca": [
         ({"role": "user", "content": "Add the numbers.\n\n2 and 2"}, {"role": "assistant", "content": "4"}),
@@ -72,8 +77,10 @@ EXPECTED = {
         ({"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
          {"role": "assistant", "content": "Hello \n"}),
         ({"role": "user", "content": "Weather in Paris?"},
-         {"role": "assistant", "content": '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
-         {"role": "tool", "content": "18C"}, {"role": "assistant", "content": "It is 18C."}),
+         {"role": "assistant", "content": "", "tool_calls": [
+             {"type": "function", "id": "c1", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+         {"role": "tool", "content": "18C", "tool_call_id": "c1", "name": "get_weather"},
+         {"role": "assistant", "content": "It is 18C."}),
     ],
     "chatml": [
         ({"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi\n"},
@@ -144,7 +151,7 @@ def test_every_format_loads_from_every_container(name: str, container: str, tmp_
     assert [example.messages for example in examples] == EXPECTED[name]
     if name == "sharegpt":
         assert examples[0].tools is None
-        assert examples[1].tools == json.loads(GLAIVE_TOOLS)
+        assert examples[1].tools == [{"type": "function", "function": tool} for tool in json.loads(GLAIVE_TOOLS)]
 
 
 def test_txt_is_one_document_per_line(tmp_path: Path) -> None:
@@ -207,9 +214,10 @@ def test_real_glaive_keeps_tool_roles_and_tools(shared_datasets: Path) -> None:
     first = examples[0]
     roles = [message["role"] for message in first.messages]
     assert roles[:6] == ["user", "assistant", "user", "assistant", "tool", "assistant"]
-    assert first.messages[3]["content"] == rows[0]["conversations"][3]["value"]  # the function_call, as-is
-    assert json.loads(first.messages[3]["content"])["name"] == "search_recipes"
-    assert first.tools[0]["name"] == "search_recipes"
+    call = json.loads(rows[0]["conversations"][3]["value"])  # the function_call, as a structured tool call
+    assert first.messages[3]["content"] == "" and first.messages[3]["tool_calls"][0]["function"] == call
+    assert first.messages[4]["name"] == "search_recipes"
+    assert first.tools[0] == {"type": "function", "function": json.loads(rows[0]["tools"])[0]}
     assert sum(m["role"] == "tool" for e in examples for m in e.messages) == 211
     assert all(isinstance(example.tools, list) for example in examples)
 

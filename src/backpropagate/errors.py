@@ -61,6 +61,14 @@ _SPECS = [
               "Use one of the columns listed in the message."),
     ErrorSpec("INPUT_INVALID_CONVERSATION", "A conversation is malformed (unknown role or empty turn).",
               "Roles must be system, user, assistant or tool; every turn needs text."),
+    ErrorSpec("INPUT_INVALID_TOOL_CALL", "An assistant tool call has no function name, or arguments that are not a "
+              "JSON object.", "Give each call a name and arguments as an object or as JSON text of one, "
+              "e.g. {\"city\": \"Paris\"}; the message names the row and turn."),
+    ErrorSpec("INPUT_TOOL_RESULT_WITHOUT_CALL", "A tool result comes before any assistant tool call it could answer.",
+              "Put the assistant turn with `tool_calls` (or a function_call turn) before the tool/observation turn."),
+    ErrorSpec("INPUT_INVALID_TOOLS", "An entry of the `tools` column is not a tool schema with a name.",
+              "Each tool is {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": {...}}} "
+              "or {\"name\": ..., \"parameters\": {...}}."),
     ErrorSpec("INPUT_OUTPUT_DIR_INVALID", "The output directory is a file or cannot be written.",
               "Pass --output with a directory you can write to."),
     ErrorSpec("INPUT_TEMPLATE_MISSING", "The tokenizer has no chat template to render conversations.",

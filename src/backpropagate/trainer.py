@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .atomic import check_output_dir, check_output_location
 from .config import Settings, resolve_settings
+from .data.preview import RowPreview, preview
 from .errors import BackpropagateError, check_count
 from .logs import bound_run, configure, get_logger, is_redacted, redact, redact_tree
 from .redaction import check_model_id
@@ -441,6 +442,18 @@ class Trainer:
                 "of the weights.",
                 hint=f"Use the folder the run saved ({self._saved_dir()}): "
                      "`backprop export` it from one process.")
+
+    def preview(self, data: Any, *, row: int = 1, format: str | None = None,
+                text_column: str | None = None) -> RowPreview:
+        """What row ``row`` of ``data`` becomes for this model, before training: the rendered text, the token
+        ids and which of them are trained (``.segments``, ``.labels``). Loads the tokenizer only."""
+        from .data.reference import resolve_tokenizer
+
+        tokenizer = self.tokenizer or resolve_tokenizer(self.settings.model.name,
+                                                        trust_remote_code=self.settings.model.trust_remote_code)
+        return preview(data, tokenizer, row,
+                       train_on_responses=self.settings.training.train_on_responses, format=format,
+                       text_column=text_column)
 
     def chat(self, prompt: str, *, max_new_tokens: int = 64, system: str | None = None, adapter: bool = True) -> str:
         """Greedy reply to one user message, rendered with the model's chat template.

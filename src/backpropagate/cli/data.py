@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from . import app
+
+if TYPE_CHECKING:
+    from ..data.preview import RowPreview
 
 data_app = typer.Typer(help="Clean a dataset before training: filter, deduplicate, score, order, report.",
                        no_args_is_help=True, rich_markup_mode=None)
@@ -224,3 +228,46 @@ def report_command(
         typer.echo(f"json -> {write_json(json_path, report.to_dict())}")
     if report.verdict == "FAIL":
         raise typer.Exit(2)
+
+
+@data_app.command("preview")
+def preview_command(
+    source: str = typer.Argument(..., help=SOURCE_HELP),
+    model: str = typer.Option(None, "--model", "-m", help="Model (hub id or folder) whose tokenizer and chat "
+                              "template render the row [default: the training model, BACKPROPAGATE_MODEL__NAME]."),
+    row: int = typer.Option(1, "--row", help="Row number, from 1."),
+    json_output: bool = typer.Option(False, "--json", help="Print the text, token ids and labels as JSON."),
+    all_tokens: bool = typer.Option(False, "--all-tokens", help="Preview training on every token "
+                                    "(train_on_responses=False)."),
+    format: str = typer.Option(None, "--format", help=FORMAT_HELP),
+    text_column: str = typer.Option(None, "--text-column", help=TEXT_COLUMN_HELP),
+) -> None:
+    """Show what one row becomes for a model: the rendered text with the trained tokens highlighted."""
+    import json
+
+    from ..config import resolve_settings
+    from ..data.preview import preview
+    from ..data.reference import resolve_tokenizer
+
+    tokenizer = resolve_tokenizer(model or resolve_settings().model.name)
+    shown = preview(source, tokenizer, row, train_on_responses=not all_tokens, format=format, text_column=text_column)
+    if json_output:
+        typer.echo(json.dumps(shown.to_dict(), ensure_ascii=False))
+        return
+    _print_preview(shown)
+
+
+def _print_preview(shown: RowPreview) -> None:
+    """The rendered row with trained text highlighted, then the trained parts alone (readable in a pipe)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"{shown.summary()} (trained text highlighted)")
+    for note in shown.notes:
+        console.print(f"note: {note}")
+    console.print(Text.assemble(*[(text, "bold black on green" if trained else "dim") for text, trained in shown.segments]))
+    console.print("--- trained parts ---")
+    for text, trained in shown.segments:
+        if trained:
+            console.print(Text(text, style="green"))

@@ -8,7 +8,6 @@ knows one shape; message text is kept exactly as given.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -17,11 +16,14 @@ from typing import Any
 
 from backpropagate.errors import BackpropagateError
 
+from . import agentic
 from .validate import MAX_DEPTH, tree_problem
 
 __all__ = ["FORMATS", "Conversation", "FormatReport", "Message", "detect_format", "to_examples"]
 
-Message = dict  # {"role": "system" | "user" | "assistant" | "tool", "content": str}
+# {"role": "system" | "user" | "assistant" | "tool", "content": str} plus, where present, the keys chat
+# templates read: "tool_calls" and "reasoning_content" (assistant), "tool_call_id" and "name" (tool).
+Message = dict
 
 FORMATS = ("sharegpt", "alpaca", "openai", "chatml", "text")
 DEFAULT_TEXT_COLUMN = "text"
@@ -201,8 +203,9 @@ def to_examples(rows: list[dict], report: FormatReport, *, text_column: str | No
                     "INPUT_INVALID_CONVERSATION",
                     f"row {number}, turn {turn} ({message['role']}): content is "
                     f"{type(message['content']).__name__}, expected text.")
-        if require_assistant and not any(
-                m["role"] == "assistant" and m["content"].strip() for m in messages):
+        agentic.link_tool_results(messages, number)
+        if require_assistant and not any(m["role"] == "assistant" and (
+                m["content"].strip() or m.get("tool_calls") or m.get("reasoning_content")) for m in messages):
             raise BackpropagateError(
                 "INPUT_NO_ASSISTANT_TURN", f"row {number} has no non-empty assistant turn to train on.")
         examples.append(Conversation(tuple(messages), _tools(row, number)))
@@ -238,9 +241,14 @@ def _sharegpt(row: Mapping, number: int, column: str) -> list[Message]:
                 "INPUT_INVALID_CONVERSATION",
                 f"row {number}, turn {turn}: unknown role {source!r}; expected one of {', '.join(SHAREGPT_ROLES)}.")
         content = item.get("value")
-        if kind in ("function_call", "observation", "function") and isinstance(content, dict | list):
-            content = json.dumps(content, ensure_ascii=False)
-        messages.append({"role": role, "content": content})
+        if kind == "function_call":
+            messages.append(agentic.function_call_turn(content, number, turn))
+        elif role == "tool":
+            messages.append(agentic.tool_message(item, content))
+        elif role == "assistant":
+            messages.append(agentic.assistant(item, content, number, turn))
+        else:
+            messages.append({"role": role, "content": content})
     return messages
 
 
@@ -283,10 +291,12 @@ def _openai(row: Mapping, number: int, column: str) -> list[Message]:
                 "INPUT_INVALID_CONVERSATION",
                 f"row {number}, turn {turn}: unknown role {source!r}; expected one of {', '.join(OPENAI_ROLES)}.")
         content = _openai_content(item.get("content"), number, turn)
-        calls = item.get("tool_calls")
-        if role == "assistant" and calls and (content is None or content == ""):
-            content = _render_tool_calls(calls)
-        messages.append({"role": role, "content": content})
+        if role == "assistant":
+            messages.append(agentic.assistant(item, content, number, turn))
+        elif role == "tool":
+            messages.append(agentic.tool_message(item, content))
+        else:
+            messages.append({"role": role, "content": content})
     return messages
 
 
@@ -306,25 +316,6 @@ def _openai_content(content: Any, number: int, turn: int) -> Any:
                 "INPUT_INVALID_CONVERSATION",
                 f"row {number}, turn {turn}: content part of type {kind!r} is not supported; only text parts are.")
     return "".join(texts)
-
-
-def _render_tool_calls(calls: Any) -> str:
-    """Tool calls as JSON text, ``{"name": ..., "arguments": {...}}`` like ShareGPT function_call turns."""
-    if not isinstance(calls, list):
-        calls = [calls]
-    rendered: list[Any] = []
-    for call in calls:
-        fn = call.get("function") if isinstance(call, Mapping) and isinstance(call.get("function"), Mapping) else call
-        if isinstance(fn, Mapping) and "name" in fn:
-            args = fn.get("arguments")
-            if isinstance(args, str):
-                with contextlib.suppress(json.JSONDecodeError, RecursionError):
-                    parsed = json.loads(args)
-                    args = parsed if tree_problem(parsed) is None else args  # hostile JSON stays text
-            rendered.append({"name": fn["name"], "arguments": args})
-        else:
-            rendered.append(fn)
-    return json.dumps(rendered[0] if len(rendered) == 1 else rendered, ensure_ascii=False)
 
 
 def _chatml(row: Mapping, number: int, column: str) -> list[Message]:
@@ -393,11 +384,11 @@ def _tools(row: Mapping, number: int) -> list | None:
     if tools is None:
         return None
     if isinstance(tools, Mapping):
-        return [dict(tools)]
+        tools = [tools]
     if not isinstance(tools, list):
         raise BackpropagateError(
-            "INPUT_INVALID_CONVERSATION", f"row {number}: `tools` must be a list of tool schemas.")
-    return tools
+            "INPUT_INVALID_TOOLS", f"row {number}: `tools` must be a list of tool schemas.")
+    return agentic.tool_schemas(tools, number)
 
 
 def _bad_tools(number: int, problem: str) -> BackpropagateError:

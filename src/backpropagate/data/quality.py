@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import BackpropagateError, invalid_value
-from .rowset import Example, Progress, check_output_path, load_rowset, write_json, write_rows
+from .rowset import Example, Progress, check_output_path, load_rowset, message_text, write_json, write_rows
 
 __all__ = ["DEFAULT_FILTERS", "FILTER_NAMES", "EmptyMessages", "FilterReport", "FilterResult", "Language", "MissingAssistant",
            "Predicate", "QualityFilter", "Repetition", "TokenLength", "TurnCount", "apply_filters",
@@ -50,7 +50,7 @@ class EmptyMessages(QualityFilter):
         if isinstance(example, str):
             return "the text is empty" if not example.strip() else None
         for turn, message in enumerate(example.messages, start=1):
-            if not message["content"].strip():
+            if not message_text(message).strip():
                 return f"turn {turn} ({message['role']}) is empty"
         return None
 
@@ -66,7 +66,7 @@ class MissingAssistant(QualityFilter):
     def check(self, example: Example) -> str | None:
         if isinstance(example, str):
             return None
-        if not any(m["role"] == "assistant" and m["content"].strip() for m in example.messages):
+        if not any(m["role"] == "assistant" and message_text(m).strip() for m in example.messages):
             return "no assistant reply"
         return None
 

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import invalid_value
+from .chat_template import template_traits
+from .preview import template_notes
 from .rowset import Progress, check_output_path, example_text, load_rowset
 
 __all__ = ["DataReport", "build_report", "write_html"]
@@ -57,6 +59,8 @@ class DataReport:
     max_seq_length: int | None
     verdict: str = "PASS"
     reasons: list[str] = field(default_factory=list)
+    agentic: dict[str, int] = field(default_factory=dict)  # rows with tool calls, tool results, tools, reasoning
+    template_notes: list[str] = field(default_factory=list)  # chat-template fallbacks (with a tokenizer)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -85,6 +89,9 @@ class DataReport:
             lines.append(f"too long    {self.longer_than_max} rows > max_seq_length={self.max_seq_length}")
         if self.turns:
             lines.append("turns       " + ", ".join(f"{k}: {v}" for k, v in sorted(self.turns.items())))
+        if any(self.agentic.values()):
+            lines.append("agentic     " + ", ".join(f"{k} {v}" for k, v in self.agentic.items()) + " (rows)")
+        lines += [f"template    {note}" for note in self.template_notes]
         lines.append(f"duplicates  exact {self.exact_duplicates}, near {self.near_duplicates} "
                      f"({self.duplicate_clusters} clusters)")
         lines.append("languages   " + ", ".join(f"{k} {v}" for k, v in self.languages.items()))
@@ -149,9 +156,21 @@ def build_report(source: Any, *, tokenizer: Any = None, max_seq_length: int | No
         filters=[{"name": r.name, "description": r.description, "flagged": r.flagged} for r in result.reports],
         removed_by_filters=result.removed, longer_than_max=longer,
         max_seq_length=max_seq_length if counter else None)
+    report.agentic = agentic_counts(examples)
+    if counter is not None and any(not isinstance(e, str) for e in examples):
+        report.template_notes = template_notes(template_traits(counter.tokenizer), examples)
     removed_any = len(set(range(len(examples))) - (set(result.kept) & set(near.kept)))
     _verdict(report, removed_any, counter is not None)
     return report
+
+
+def agentic_counts(examples: list[Any]) -> dict[str, int]:
+    """How many conversations hold tool calls, tool results, tool schemas and reasoning."""
+    chats = [e for e in examples if not isinstance(e, str)]
+    return {"tool calls": sum(1 for c in chats if any(m.get("tool_calls") for m in c.messages)),
+            "tool results": sum(1 for c in chats if any(m["role"] == "tool" for m in c.messages)),
+            "tool schemas": sum(1 for c in chats if c.tools),
+            "reasoning": sum(1 for c in chats if any(m.get("reasoning_content") for m in c.messages))}
 
 
 def _verdict(report: DataReport, removed_any: int, tokens: bool) -> None:

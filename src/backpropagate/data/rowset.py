@@ -20,7 +20,7 @@ from ..errors import BackpropagateError
 from .formats import Conversation, FormatReport, detect_format, to_examples
 from .load import read_rows
 
-__all__ = ["Example", "Progress", "RowSet", "check_output_path", "example_text", "load_rowset",
+__all__ = ["Example", "Progress", "RowSet", "check_output_path", "example_text", "load_rowset", "message_text",
            "normalize_text", "write_atomically", "write_json", "write_jsonl", "write_rows"]
 
 Example = Conversation | str
@@ -58,8 +58,15 @@ def example_text(example: Example, *, with_roles: bool = True) -> str:
     if isinstance(example, str):
         return example
     if with_roles:
-        return "\n".join(f"{m['role']}: {m['content']}" for m in example.messages)
-    return "\n".join(m["content"] for m in example.messages)
+        return "\n".join(f"{m['role']}: {message_text(m)}" for m in example.messages)
+    return "\n".join(message_text(m) for m in example.messages)
+
+
+def message_text(message: dict) -> str:
+    """Reasoning, text and tool calls of a turn: two rows that call different tools are different rows."""
+    parts = [message.get("reasoning_content") or "", message["content"]]
+    parts += [json.dumps(c["function"], ensure_ascii=False, sort_keys=True) for c in message.get("tool_calls", ())]
+    return "\n".join(part for part in parts if part)
 
 
 def normalize_text(text: str) -> str:

@@ -1,20 +1,32 @@
 """Render examples with the model's own chat template and label only what the model should learn.
 
-A conversation is rendered once, by ``tokenizer.apply_chat_template`` (never a hard-coded format), and
-tokenised with character offsets. Each message's text is then located in the rendered string, in order;
-tokens that overlap an assistant message, plus the end-of-turn token the template writes right after it,
-keep their ids as labels and everything else becomes -100. This works for any template that copies
-assistant text verbatim (all common families do); one that rewrites it raises INPUT_TEMPLATE_MISMATCH.
+A conversation is rendered once, by ``tokenizer.apply_chat_template`` (never a hard-coded format), with
+tool calls, tool results and reasoning in the structure templates read (:mod:`.chat_template` fills in
+what a template cannot write). The trained parts are found in the rendering itself, not by searching for
+message text: an assistant turn starts where the template's generation prompt for it ends and ends with the
+template's end-of-turn marker. So tool calls in the template's own markup, reasoning where the template
+shows it, and templates that rewrite earlier turns (Qwen3 drops earlier thinking, Mistral moves the system
+prompt) are all labelled exactly; tool results, system and user text and the generation prompt are not.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import BackpropagateError
-from .formats import Conversation
+from .chat_template import (
+    THINK_CLOSE,
+    TemplateTraits,
+    once_per_template,
+    refuse,
+    template_messages,
+    template_traits,
+)
+from .formats import Conversation, Message
 
 IGNORE_INDEX = -100
 
@@ -50,7 +62,13 @@ _PROBE_REPLY = "BACKPROP_END_OF_TURN_PROBE"
 _MARKER_SHAPE = re.compile(r"<\|[^|<>\s]{1,40}\|>|</?[A-Za-z_][A-Za-z0-9_]{0,39}>|\[/?[A-Z_]{2,40}\]")
 
 
-def end_of_turn_marker(tokenizer) -> str | None:
+def end_of_turn_marker(tokenizer: Any) -> str | None:
+    """The marker the chat template writes right after every assistant reply (``<|im_end|>``, ...), found once
+    per tokenizer and template by :func:`find_end_of_turn_marker`."""
+    return once_per_template(tokenizer, "end_of_turn", find_end_of_turn_marker)
+
+
+def find_end_of_turn_marker(tokenizer: Any) -> str | None:
     """The marker the chat template writes right after every assistant reply (``<|im_end|>``, ...).
 
     Found by rendering a probe conversation, so it is the template's own choice, not a guess from the
@@ -63,7 +81,10 @@ def end_of_turn_marker(tokenizer) -> str | None:
     try:
         text = tokenizer.apply_chat_template(messages, tokenize=False)
     except Exception:  # noqa: BLE001 - a template that refuses the probe is judged on real rows later
-        return None
+        try:  # some templates iterate `tools` even when there are none (Hermes' tool_use)
+            text = tokenizer.apply_chat_template(messages, tokenize=False, tools=[])
+        except Exception:  # noqa: BLE001
+            return None
     end = text.find(_PROBE_REPLY)
     if end < 0:
         return None
@@ -85,77 +106,187 @@ def end_of_turn_marker(tokenizer) -> str | None:
     return None
 
 
-def render(tokenizer, conversation: Conversation, *, row: int | None = None) -> str:
-    """The conversation as the model's chat template writes it."""
+def _apply(tokenizer: Any, messages: list[Message], tools: list | None, *, prompt: bool = False,
+           row: int | None = None) -> str:
+    from jinja2 import TemplateError
+
+    kwargs: dict[str, Any] = {"tools": tools} if tools is not None else {}
+    try:
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt, **kwargs))
+    except (TemplateError, TypeError, KeyError, ValueError) as exc:
+        where = f"row {row}: " if row is not None else ""
+        roles = ", ".join(m["role"] for m in messages)
+        raise BackpropagateError(
+            "INPUT_INVALID_CONVERSATION",
+            f"{where}the model's chat template refused the conversation ({roles}): {type(exc).__name__}: {exc}",
+            hint="Reorder or drop turns so the template accepts them (many templates need user/assistant "
+                 "alternation, some need 9-character tool call ids), or train on a model whose template "
+                 "supports these roles.") from exc
+
+
+def _check_template(tokenizer: Any) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise BackpropagateError(
             "INPUT_TEMPLATE_MISSING",
             f"the tokenizer of {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template, so "
             "conversations cannot be rendered.")
-    from jinja2 import TemplateError
-
-    kwargs = {"tools": conversation.tools} if conversation.tools else {}
-    try:
-        return tokenizer.apply_chat_template(list(conversation.messages), tokenize=False, **kwargs)
-    except TemplateError as exc:
-        where = f"row {row}: " if row is not None else ""
-        roles = ", ".join(m["role"] for m in conversation.messages)
-        raise BackpropagateError(
-            "INPUT_INVALID_CONVERSATION",
-            f"{where}the model's chat template refused the conversation ({roles}): {exc}",
-            hint="Reorder or drop turns so the template accepts them (many templates need user/assistant "
-                 "alternation), or train on a model whose template supports these roles.") from exc
 
 
-def _assistant_spans(text: str, conversation: Conversation, marker: str | None, row: int | None
-                     ) -> list[tuple[int, int]]:
-    spans: list[tuple[int, int]] = []
-    cursor = 0
-    for message in conversation.messages:
-        if message["role"] == "system":
-            continue  # templates move system text (Mistral puts it in the last user turn)
-        content = message["content"]
-        found = -1
-        for needle in (content, content.strip()):
-            if needle:
-                found = text.find(needle, cursor)
-                if found >= 0:
-                    content = needle
-                    break
-        if found < 0:
-            if message["role"] == "assistant" and content.strip():
-                where = f"row {row}: " if row is not None else ""
-                raise BackpropagateError(
-                    "INPUT_TEMPLATE_MISMATCH",
-                    f"{where}the chat template does not copy the assistant text verbatim "
-                    f"({content[:40]!r}...), so the tokens to train on cannot be located.")
+@dataclass(frozen=True)
+class RenderedConversation:
+    """The training text of one conversation and the character spans of its trained assistant parts."""
+
+    text: str
+    spans: tuple[tuple[int, int], ...]
+    reasoning_kept: bool = False  # the last turn's reasoning was written after a <think> generation prompt
+
+
+def render(tokenizer: Any, conversation: Conversation, *, row: int | None = None,
+           traits: TemplateTraits | None = None) -> str:
+    """The conversation as the model's chat template writes it for training."""
+    return render_with_spans(tokenizer, conversation, row=row, traits=traits, spans=False).text
+
+
+def _drop_unshown_reasoning(tokenizer: Any, messages: list[Message], tools: list | None, text: str,
+                            row: int | None) -> tuple[list[Message], str]:
+    """Reasoning the template does not show in the whole conversation is removed from its turn, so that every
+    prefix of the conversation renders those turns as the whole one does (Qwen3 drops earlier thinking)."""
+    hidden = [i for i, m in enumerate(messages) if m.get("reasoning_content") and m["reasoning_content"] not in text]
+    if not hidden:
+        return messages, text
+    messages = [{k: v for k, v in m.items() if not (i in hidden and k == "reasoning_content")}
+                for i, m in enumerate(messages)]
+    return messages, _apply(tokenizer, messages, tools, row=row)
+
+
+def _turn_start(tokenizer: Any, messages: list[Message], tools: list | None, index: int, text: str,
+                row: int | None) -> tuple[int, str]:
+    """Where assistant turn ``index`` starts in ``text`` (after the generation prompt), and the end of the
+    generation prompt that the training render leaves out (DeepSeek-R1's ``<think>\n``), if any."""
+    prompt = _apply(tokenizer, messages[:index], tools, prompt=True, row=row)
+    if text.startswith(prompt):
+        return len(prompt), ""
+    history = _apply(tokenizer, messages[:index], tools, row=row)
+    opened = prompt[len(history):] if prompt.startswith(history) else ""
+    for cut in _token_cuts(tokenizer, opened):  # the shortest end of the prompt the training render leaves out
+        if text.startswith(prompt[:-cut]):
+            return len(prompt) - cut, prompt[-cut:]
+    return _aligned_end(tokenizer, prompt, text, opened, row)
+
+
+def _token_cuts(tokenizer: Any, opened: str) -> list[int]:
+    """Lengths of the generation prompt's endings that start on a token boundary, shortest first."""
+    if not opened:
+        return []
+    offsets = tokenizer(opened, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    starts = {start for start, _ in offsets if start < len(opened)} | {0}
+    return sorted(len(opened) - start for start in starts)
+
+
+def _aligned_end(tokenizer: Any, prompt: str, text: str, opened: str, row: int | None) -> tuple[int, str]:
+    """The prompt's end in ``text`` for templates that place earlier text by what follows (Mistral writes the
+    system prompt and the tool list next to the last user turn): the longest ending of the prompt, from its
+    first difference with ``text``, is looked up in ``text`` (its first occurrence there)."""
+    common = len(os.path.commonprefix([prompt, text]))
+    for cut in [0, *_token_cuts(tokenizer, opened)]:
+        tail = prompt[common:len(prompt) - cut]
+        low, high = 0, len(tail)  # the smallest start whose suffix occurs: suffixes of occurring text occur
+        while low < high:
+            mid = (low + high) // 2
+            if tail[mid:] in text[common:]:
+                high = mid
+            else:
+                low = mid + 1
+        anchor = tail[low:]
+        if len(anchor) >= min(16, len(tail)) and anchor:
+            return text.index(anchor, common) + len(anchor), prompt[len(prompt) - cut:]
+    raise refuse(row, "the chat template renders the conversation so that an assistant turn cannot be located "
+                 "(its prompt does not appear in the whole conversation).",
+                 "Pass train_on_responses=False, or `backprop data preview` the row to see how the template "
+                 "writes it.")
+
+
+def _turn_end(tokenizer: Any, messages: list[Message], tools: list | None, index: int, text: str, start: int,
+              marker: str | None, row: int | None) -> int:
+    """The end of assistant turn ``index``: through the template's end-of-turn marker, else up to the next turn."""
+    if marker:
+        found = text.find(marker, start)
+        if found >= 0:
+            return found + len(marker)
+    if index + 1 == len(messages):
+        return len(text.rstrip())
+    before_next = _apply(tokenizer, messages[:index + 1], tools, row=row)
+    if text.startswith(before_next):
+        return len(before_next.rstrip())
+    raise refuse(row, "the chat template writes no end-of-turn marker and renders a turn differently when more "
+                 "turns follow, so the end of an assistant turn cannot be located.",
+                 "Pass train_on_responses=False, or use a template that ends turns with a marker.")
+
+
+def render_with_spans(tokenizer: Any, conversation: Conversation, *, row: int | None = None,
+                      traits: TemplateTraits | None = None, marker: str | None | bool = True,
+                      spans: bool = True) -> RenderedConversation:
+    """Render with the model's own template and find each assistant turn in the rendering itself.
+
+    A turn starts where the template's generation prompt for it ends (so the prompt is never trained) and
+    ends with the end-of-turn marker; the tool call markup, the answer and the reasoning the template shows
+    lie in between. Where the template drops even the last turn's reasoning but its generation prompt opens
+    ``<think>`` (DeepSeek-R1 distills), the reasoning is written after that prompt, as the model writes it.
+    ``marker``: the end-of-turn marker of :func:`end_of_turn_marker` (``True``: find it here); ``spans=False``
+    gives the text alone (training on every token).
+    """
+    _check_template(tokenizer)
+    if marker is True:
+        marker = end_of_turn_marker(tokenizer) if spans else None
+    traits = traits or template_traits(tokenizer)
+    messages, tools = template_messages(conversation, traits)
+    text = _apply(tokenizer, messages, tools, row=row)
+    messages, text = _drop_unshown_reasoning(tokenizer, messages, tools, text, row)
+    thought = _last_reasoning(conversation)
+    found: list[tuple[int, int]] = []
+    kept = False
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant" or not (spans or (index == last and thought and traits.think_prompt)):
             continue
-        end = found + len(content)
-        cursor = end
-        if message["role"] == "assistant":
-            if marker and text.startswith(marker, end):
-                end += len(marker)
-            spans.append((found, end))
-            cursor = end
-    return spans
+        start, left_out = _turn_start(tokenizer, messages, tools, index, text, row)
+        if index == last and thought and traits.think_prompt and thought not in text:
+            # the prompt's <think> is not trained; where this turn's prompt has none, the model writes it
+            text = f"{text[:start]}{traits.think_opening}{thought}\n{THINK_CLOSE}\n\n{text[start:]}"
+            start += len(traits.think_opening) if left_out else 0
+            kept = True
+        if not spans:
+            continue
+        end = _turn_end(tokenizer, messages, tools, index, text, start, marker or None, row)
+        if end <= start:
+            raise refuse(row, f"assistant turn {index + 1} is not written after its prompt by the chat template "
+                         "(nothing to train on).", "Check the template with `backprop data preview`, or pass "
+                         "train_on_responses=False.")
+        found.append((start, end))
+    return RenderedConversation(text, tuple(found), kept)
 
 
-def tokenize_conversation(tokenizer, conversation: Conversation, *, train_on_responses: bool = True,
-                          row: int | None = None, marker: str | None | bool = True) -> TokenizedSample:
+def _last_reasoning(conversation: Conversation) -> str | None:
+    turns = [m for m in conversation.messages if m["role"] == "assistant"]
+    return turns[-1].get("reasoning_content") if turns else None
+
+
+def tokenize_conversation(tokenizer: Any, conversation: Conversation, *, train_on_responses: bool = True,
+                          row: int | None = None, marker: str | None | bool = True,
+                          traits: TemplateTraits | None = None) -> TokenizedSample:
     """Token ids of the rendered conversation, labelled on assistant turns (or on everything).
 
-    Each assistant turn is labelled together with the template's full end-of-turn marker; ``marker``
-    passes one already found by :func:`end_of_turn_marker` (``True``: find it here).
+    ``marker`` passes the end-of-turn marker already found by :func:`end_of_turn_marker` (``True``: find it
+    here); ``traits`` the template's traits (found here when None).
     """
-    text = render(tokenizer, conversation, row=row)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    rendered = render_with_spans(tokenizer, conversation, row=row, traits=traits, marker=marker,
+                                 spans=train_on_responses)
+    encoded = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(encoded["input_ids"])
     if not train_on_responses:
         return TokenizedSample(ids, list(ids))
-    if marker is True:
-        marker = end_of_turn_marker(tokenizer)
-    spans = _assistant_spans(text, conversation, marker or None, row)
     labels = [IGNORE_INDEX] * len(ids)
+    spans = rendered.spans
     span_index = 0
     for i, (start, stop) in enumerate(encoded["offset_mapping"]):
         while span_index < len(spans) and spans[span_index][1] <= start:
@@ -181,12 +312,15 @@ def tokenize_examples(tokenizer, examples: Iterable[Conversation | str], *,
     """Tokenize every example; raw strings train on all tokens, conversations per ``train_on_responses``."""
     out = []
     marker: str | None | bool = True
+    traits: TemplateTraits | None = None
     for row, example in enumerate(examples, start=1):
         if isinstance(example, str):
             out.append(tokenize_text(tokenizer, example))
             continue
-        if marker is True and train_on_responses:
-            marker = end_of_turn_marker(tokenizer)  # once: the probe renders the template
+        if traits is None:  # once: the probes render the template
+            _check_template(tokenizer)
+            marker = end_of_turn_marker(tokenizer) if train_on_responses else None
+            traits = template_traits(tokenizer)
         out.append(tokenize_conversation(tokenizer, example, train_on_responses=train_on_responses,
-                                         row=row, marker=marker))
+                                         row=row, marker=marker, traits=traits))
     return out

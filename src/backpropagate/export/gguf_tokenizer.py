@@ -18,12 +18,18 @@ from typing import Any
 from ..errors import BackpropagateError
 from ..logs import get_logger
 from .gguf_tokens import token_table
-from .gguf_vocab_kind import SUPPORTED_KINDS, tokenizer_kind
+from .gguf_vocab_kind import SUPPORTED_KINDS, TokenizerKind, check_start_prefix, tokenizer_kind
 
 # llama.cpp right-strips every added token except these when general.name contains "phi3"/"phi-3",
 # exactly what Microsoft's Phi-3 tokenizers flag (rstrip) in tokenizer.json; no other strip layout is reproduced.
 PHI3_UNSTRIPPED = ("<unk>", "<s>", "<|endoftext|>")
 PHI3_REQUIRED = (*PHI3_UNSTRIPPED, "</s>")
+# Conversations whose rendering must start with a special token for a Metaspace "first" tokenizer.
+_START_PROBES: tuple[list[dict[str, str]], ...] = (
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}],
+)
 
 
 @dataclass
@@ -42,6 +48,7 @@ class VocabInfo:
     model: str = "gpt2"  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece style)
     scores: list[float] | None = None  # only for model == "llama"
     add_space_prefix: bool | None = None  # only for model == "llama"
+    start_prefix_only: bool = False  # see TokenizerKind: raw text at the start of the input differs
     # "phi3": general.name must contain "phi3" so llama.cpp right-strips added tokens like the tokenizer does
     strip_rule: str | None = None
 
@@ -79,8 +86,34 @@ def check_tokenizer_kind(kind: str) -> str | None:
             f"(supported: {', '.join(SUPPORTED_KINDS)})")
 
 
+def _rendered_starts(tokenizer: Any) -> list[str] | None:
+    """How the chat template starts the probe conversations (those it renders); None without a template."""
+    if not isinstance(getattr(tokenizer, "chat_template", None), str):
+        return None
+    renders = []
+    for messages in _START_PROBES:
+        try:
+            renders.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        except Exception:  # noqa: BLE001 - a template may refuse a system turn; the others still count
+            continue
+    return renders or None
+
+
+def check_start(kind: TokenizerKind, tokenizer: Any, where: Path | str) -> None:
+    """Refuse a Metaspace "first" tokenizer whose chat template starts with plain text (see gguf_vocab_kind)."""
+    if not kind.start_prefix_only:
+        return
+    if tokenizer is None:  # tokenizer.json content alone: no chat template to check
+        check_start_prefix(None, [], where)
+        return
+    added = [t.content for t in tokenizer.added_tokens_decoder.values()]
+    check_start_prefix(_rendered_starts(tokenizer), added, where)
+
+
 def check_tokenizer(source: str | Path | dict[str, Any]) -> str | None:
-    """None when the tokenizer can be exported to GGUF, else the reason; cheap (reads tokenizer.json only).
+    """None when the tokenizer can be exported to GGUF, else the reason; cheap: reads tokenizer.json, and loads
+    the tokenizer only for a byte-fallback BPE whose class may replace the file's layout (:func:`loaded_layout`)
+    or whose chat template must be checked (Metaspace "first").
 
     ``source`` is a model/tokenizer folder, a tokenizer.json path or its parsed content.
     """
@@ -98,11 +131,38 @@ def check_tokenizer(source: str | Path | dict[str, Any]) -> str | None:
         except BackpropagateError as exc:
             return exc.message
     try:
-        tokenizer_kind(data, where)
+        loaded = _load_tokenizer(where) if isinstance(where, Path) and _layout_replaced(where, data) else None
+        kind = tokenizer_kind(loaded_layout(data, loaded), where)
         strip_rule(data.get("added_tokens", []), where)
+        if kind.start_prefix_only and loaded is None and isinstance(where, Path):
+            loaded = _load_tokenizer(where)
+        check_start(kind, loaded, where)
     except BackpropagateError as exc:
         return exc.message
     return None
+
+
+def _layout_replaced(tokenizer_file: Path, data: dict[str, Any]) -> bool:
+    """Whether transformers may run another normalizer/pre-tokenizer than the file's: a byte-fallback BPE
+    loaded by a model-specific class (see :func:`loaded_layout`), not the generic one that runs the file as is."""
+    if not (data.get("model") or {}).get("byte_fallback"):
+        return False
+    config = tokenizer_file.parent / "tokenizer_config.json"
+    try:
+        name = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") if config.is_file() else None
+    except (OSError, ValueError):
+        return False
+    return name not in (None, "TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _load_tokenizer(tokenizer_file: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(tokenizer_file.parent)
+    except Exception as exc:  # noqa: BLE001 - whatever transformers raises, the folder is not usable
+        raise BackpropagateError("INPUT_UNSUPPORTED_TOKENIZER",
+                                 f"cannot load the tokenizer in {tokenizer_file.parent}: {exc}") from exc
 
 
 def _end_of_turn_token(tokenizer: Any, specials: list[str]) -> str | None:
@@ -191,6 +251,16 @@ def _check_fits(tokenizer: Any, n_vocab: int) -> None:
                              reason="added tokens past the embedding; the model can neither read nor emit them")
 
 
+def loaded_layout(tokenizer_json: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+    """For byte-fallback BPE, the normalizer and pre-tokenizer transformers runs: its LlamaTokenizer (5.x) puts
+    Metaspace("first") in place of the file's Prepend + Replace (Mistral's own tokenizer.json) on load."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if tokenizer is not None else None
+    if backend is None or not (tokenizer_json.get("model") or {}).get("byte_fallback"):
+        return tokenizer_json
+    loaded = json.loads(backend.to_str())
+    return {**tokenizer_json, "normalizer": loaded.get("normalizer"), "pre_tokenizer": loaded.get("pre_tokenizer")}
+
+
 def read_vocab(model_dir: Path, tokenizer: Any, n_vocab: int) -> VocabInfo:
     """Build the GGUF vocabulary of ``tokenizer`` for an embedding with ``n_vocab`` rows."""
     model_dir = Path(model_dir)
@@ -199,8 +269,9 @@ def read_vocab(model_dir: Path, tokenizer: Any, n_vocab: int) -> VocabInfo:
         raise BackpropagateError("INPUT_UNSUPPORTED_TOKENIZER",
                                  f"{model_dir} has no tokenizer.json (a fast tokenizer is required).")
     tokenizer_json = _read_json(tokenizer_file)
-    kind = tokenizer_kind(tokenizer_json, tokenizer_file)
+    kind = tokenizer_kind(loaded_layout(tokenizer_json, tokenizer), tokenizer_file)
     rule = strip_rule(tokenizer_json.get("added_tokens", []), tokenizer_file)
+    check_start(kind, tokenizer, tokenizer_file)
     _check_fits(tokenizer, n_vocab)
     spm = kind.model == "llama"
     table = token_table(tokenizer, tokenizer_json, n_vocab, spm)
@@ -213,7 +284,8 @@ def read_vocab(model_dir: Path, tokenizer: Any, n_vocab: int) -> VocabInfo:
     return VocabInfo(tokens=table.tokens, token_types=table.token_types, merges=[] if spm else _merges(model_dir),
                      pre=kind.pre, special_ids=special_ids, add_bos=add_bos, add_eos=add_eos,
                      chat_template=template, stop_ids=stop_ids, model=kind.model, scores=table.scores,
-                     add_space_prefix=kind.add_space_prefix, strip_rule=rule)
+                     add_space_prefix=kind.add_space_prefix, start_prefix_only=kind.start_prefix_only,
+                     strip_rule=rule)
 
 
 def add_vocab(writer: Any, info: VocabInfo) -> None:

@@ -40,10 +40,13 @@ class Modelfile:
     adapter: Path | None = None
     system: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    template_note: str = ""  # tool calls / reasoning: verified, or why Ollama is not offered them
 
     def text(self) -> str:
         lines = ["# Written by backpropagate; the TEMPLATE reproduces the model's chat template "
                  f"({self.template_name}).", f"FROM {_quote_path(self.model)}"]
+        if self.template_note:
+            lines.insert(1, f"# {self.template_note}")
         if self.adapter is not None:
             lines.append(f"ADAPTER {_quote_path(self.adapter)}")
         lines.append(f'TEMPLATE """{self.template}"""')
@@ -79,7 +82,8 @@ def build_modelfile(gguf_path: Path, model_dir: Path, *, stop_tokens: list[str],
     if ctx <= 0:
         raise BackpropagateError("INPUT_INVALID_VALUE", f"num_ctx={num_ctx!r} is invalid: expected a positive integer.")
     return Modelfile(model=gguf_path.resolve(), template=choice.template, template_name=choice.name, stop=stop_tokens,
-                     num_ctx=ctx, adapter=adapter_path.resolve() if adapter_path else None, system=system)
+                     num_ctx=ctx, adapter=adapter_path.resolve() if adapter_path else None, system=system,
+                     template_note=choice.note)
 
 
 def write_modelfile(modelfile: Modelfile, path: Path) -> Path:

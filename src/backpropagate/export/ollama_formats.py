@@ -6,6 +6,7 @@ own chat template for every probe conversation. Ollama passes every system turn 
 all turns (system ones included) as ``.Messages``. Jinja filters Go cannot express (``trim``, ``split``,
 substring tests) are not translated, so the TEMPLATEs assume turns without surrounding whitespace or
 reasoning blocks; the names of the older entries appear in the Modelfiles already written and stay.
+TEMPLATEs that also render tools, tool calls and reasoning are in :mod:`.ollama_tool_formats`.
 """
 
 from __future__ import annotations

@@ -15,16 +15,26 @@ threshold cannot tell rounding from a fault: f32/f16/bf16 need >= 99 % top-1 agr
 within :data:`.quantize.KL_TOLERANCE` / :data:`.quantize.TOP1_TOLERANCE`), and every quantized type stays
 under a sanity ceiling on its mean KLD: a share (:data:`.quantize.MAX_KLD_SHARE`) of what a uniform guess
 loses on the same positions, so one rule fits models of any size and vocabulary.
+
+A Metaspace "first" tokenizer (transformers 5's Mistral v0.3; see :mod:`.gguf_vocab_kind`) puts "▁" before
+the text that starts the input and llama.cpp cannot: its plain prompts pass (a) when llama.cpp's ids are the
+tokenizer's own ids of the same text after a special token, and the report names that difference in
+``known_differences``.
+``verify_gguf(conversations=...)`` checks other conversations, e.g. :data:`TOOL_CONVERSATION` (tool calls).
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from .gguf_tokenizer import stop_tokens
+from ..data.chat_template import template_traits
+from .gguf_tokenizer import loaded_layout, stop_tokens
+from .gguf_vocab_kind import tokenizer_kind
 
 if TYPE_CHECKING:
     from llama_cpp.llama_types import ChatCompletionRequestMessage
@@ -46,6 +56,31 @@ CONVERSATIONS: tuple[tuple[dict[str, str], ...], ...] = (
      {"role": "assistant", "content": "1. Go to bed at the same time every night.\n2. Avoid screens before bed."},
      {"role": "user", "content": "Thanks! And one more?"}),
 )
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A conversation rendered through the chat template, with the ``tools`` the template is given (if any)."""
+
+    messages: tuple[dict[str, Any], ...]
+    tools: tuple[dict[str, Any], ...] | None = None
+
+
+TOOLS: tuple[dict[str, Any], ...] = ({"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city name."}},
+                   "required": ["city"]}}},)
+# OpenAI-style tool use: arguments as an object, a 9-character alphanumeric call id (what Mistral requires).
+TOOL_CONVERSATION = ChatPrompt((
+    {"role": "user", "content": "What is the weather in Paris right now?"},
+    {"role": "assistant", "content": "", "tool_calls": [{"id": "a1B2c3D4e", "type": "function", "function": {
+        "name": "get_weather", "arguments": {"city": "Paris"}}}]},
+    {"role": "tool", "tool_call_id": "a1B2c3D4e", "content": '{"temperature": 22, "sky": "sunny"}'},
+    {"role": "assistant", "content": "It is 22 degrees and sunny in Paris."},
+    {"role": "user", "content": "Thanks! And in Lyon?"}), TOOLS)
+START_PREFIX_NOTE = ("plain text that starts the input without a space: the tokenizer (Metaspace, prepend_scheme "
+                     "'first') puts '▁' before its first word and llama.cpp (add_space_prefix false) does not; "
+                     "text after a special token, as in every chat, is tokenized alike")
 GENERATION_TOKENS = 16
 SMALL_MODEL_BYTES = 256 * 2**20
 
@@ -82,6 +117,8 @@ class ParityReport:
     rules: dict[str, str] = field(default_factory=dict)  # how each limit was set, for people
     references: list[dict[str, Any]] = field(default_factory=list)  # the files compared with, and their scores
     generation: dict[str, Any] = field(default_factory=dict)
+    # what llama.cpp does differently by design and the checks allow (not failures), for people
+    known_differences: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -94,13 +131,15 @@ class ParityReport:
     def table(self) -> str:
         """A small human-readable summary (the CLI prints it)."""
         tok_ok = sum(t["match"] for t in self.tokenization)
+        start_only = sum(bool(t.get("start_prefix")) for t in self.tokenization)
         tpl = [t for t in self.chat_template if t["match"] is not None]
         tpl_ok = sum(t["match"] for t in tpl)
         stops = ", ".join(f"{k} {'ok' if v else 'NOT EOG'}" for k, v in self.stop_tokens.items())
         kl = KLStats(**self.kl) if self.kl else None
         rows = [
             ("check", "result", "required"),
-            ("token ids (HF vs GGUF)", f"{tok_ok}/{len(self.tokenization)} prompts equal", "all"),
+            ("token ids (HF vs GGUF)", f"{tok_ok}/{len(self.tokenization)} prompts equal"
+             + (f", {start_only} differ only before the first word (see below)" if start_only else ""), "all"),
             ("chat template render", f"{tpl_ok}/{len(tpl)} conversations equal" if tpl else "no template", "all"),
             ("stop tokens", stops or "none", "all end-of-generation"),
             ("top-1 agreement", f"{self.agreement:.2%} ± {kl.same_top1_uncertainty:.2%} of {self.positions} "
@@ -119,6 +158,7 @@ class ParityReport:
         width = max(len(r[0]) for r in rows)
         middle = max(len(r[1]) for r in rows)
         lines = [f"{a:<{width}}  {b:<{middle}}  {c}" for a, b, c in rows]
+        lines += [f"known difference: {n}" for n in self.known_differences]
         lines.append(f"parity: {'PASSED' if self.passed else 'FAILED'} ({self.quantization})")
         lines += [f"  - {f}" for f in self.failures]
         return "\n".join(lines)
@@ -130,11 +170,13 @@ def _reference_result(ref: dict[str, Any]) -> str:
     return f"top-1 {ref['agreement']:.2%}, KLD {nats(ref['kl']['mean'])} ± {nats(ref['kl']['uncertainty'])}"
 
 
-def _render_hf(tokenizer: Any, messages: list[dict[str, str]], generation: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+def _render_hf(tokenizer: Any, chat: ChatPrompt, generation: bool) -> str:
+    tools = list(chat.tools) if chat.tools is not None else None
+    return tokenizer.apply_chat_template(list(chat.messages), tools=tools, tokenize=False,
+                                         add_generation_prompt=generation)
 
 
-def _template_checks(llm: Any, tokenizer: Any, report: ParityReport) -> None:
+def _template_checks(llm: Any, tokenizer: Any, report: ParityReport, chats: list[ChatPrompt]) -> None:
     """(b): render every conversation with the GGUF's template the way llama-cpp-python does."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -146,24 +188,24 @@ def _template_checks(llm: Any, tokenizer: Any, report: ParityReport) -> None:
         return
     eos = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "replace") if llm.token_eos() >= 0 else ""
     bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", "replace") if llm.token_bos() >= 0 else ""
-    for conversation in CONVERSATIONS:
-        messages = list(conversation)
-        expected = _render_hf(tokenizer, messages, True)
+    for chat in chats:
+        messages = list(chat.messages)
+        expected = _render_hf(tokenizer, chat, True)
         try:
-            got = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos,
-                                      add_generation_prompt=True)(
-                messages=cast("list[ChatCompletionRequestMessage]", messages)).prompt  # role/content dicts
+            got = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos, add_generation_prompt=True)(
+                messages=cast("list[ChatCompletionRequestMessage]", messages),  # role/content dicts
+                tools=cast("Any", list(chat.tools) if chat.tools is not None else None)).prompt
         except Exception as exc:  # noqa: BLE001 - a template llama-cpp-python cannot render is a failure
             got = f"<render error: {type(exc).__name__}: {exc}>"
         match = got == expected
-        report.chat_template.append({"conversation": len(messages), "match": match,
+        report.chat_template.append({"conversation": len(messages), "tools": chat.tools is not None, "match": match,
                                      **({} if match else {"hf": expected, "gguf": got})})
         if not match:
             report.failures.append(f"chat template renders differently for the {len(messages)}-message conversation")
 
 
-def _render_plain(conversation: tuple[dict[str, str], ...]) -> str:
-    return "\n".join(f"{m['role']}: {m['content']}" for m in conversation)
+def _render_plain(chat: ChatPrompt) -> str:
+    return "\n".join(f"{m['role']}: {m.get('content') or m.get('tool_calls')}" for m in chat.messages)
 
 
 def default_threads(path: Path) -> int:
@@ -190,20 +232,47 @@ def _greedy(step: Any, prompt: list[int], stops: set[int]) -> list[int]:
     return out
 
 
-def _prompts(tokenizer: Any) -> tuple[list[str], list[list[int]]]:
+def _chats(conversations: Sequence[ChatPrompt | tuple[dict[str, Any], ...]] | None) -> list[ChatPrompt]:
+    chosen = CONVERSATIONS if conversations is None else conversations
+    return [c if isinstance(c, ChatPrompt) else ChatPrompt(tuple(c)) for c in chosen]
+
+
+def _prompts(tokenizer: Any, chats: list[ChatPrompt]) -> tuple[list[str], list[list[int]]]:
     """The plain prompts and the rendered conversations, and their Hugging Face token ids (BOS on plain)."""
-    rendered = [_render_hf(tokenizer, list(c), True) if tokenizer.chat_template else _render_plain(c)
-                for c in CONVERSATIONS]
+    rendered = [_render_hf(tokenizer, c, True) if tokenizer.chat_template else _render_plain(c) for c in chats]
     ids = [list(tokenizer(t)["input_ids"]) for t in PLAIN_PROMPTS]
     ids += [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in rendered]
     return list(PLAIN_PROMPTS) + rendered, ids
 
 
+def _start_prefix_only(reference_dir: Path, tokenizer: Any) -> bool:
+    """Whether the tokenizer, as transformers runs it, is a Metaspace "first" one (see module doc)."""
+    try:
+        data = json.loads((reference_dir / "tokenizer.json").read_text(encoding="utf-8"))
+        return tokenizer_kind(loaded_layout(data, tokenizer)).start_prefix_only
+    except Exception:  # noqa: BLE001 - no or another tokenizer.json: the export itself refused or handled it
+        return False
+
+
+def _after_special(tokenizer: Any, text: str) -> list[int] | None:
+    """The tokenizer's ids of ``text`` where it follows a special token (no "▁" before the first word under
+    Metaspace "first"), with the special tokens plain text gets: what llama.cpp reproduces."""
+    marker = tokenizer.bos_token or tokenizer.eos_token
+    if not marker:
+        return None
+    after = list(tokenizer(marker + text, add_special_tokens=False)["input_ids"])[1:]
+    empty = list(tokenizer("")["input_ids"])  # what the post-processor adds: [bos], [bos, eos], ...
+    lead = empty[:1] if tokenizer.bos_token_id is not None and empty[:1] == [tokenizer.bos_token_id] else []
+    return lead + after + empty[len(lead):]
+
+
 def verify_gguf(gguf_path: str | Path, reference_dir: str | Path, quantization: str, *,
                 adapter_path: str | Path | None = None, threads: int | None = None,
-                references: References | None = None) -> ParityReport:
-    """Compare the GGUF (optionally with a LoRA GGUF on top) with the Hugging Face model in ``reference_dir``;
-    a quantized GGUF is also compared with ``references`` (files of the same weights; see module doc)."""
+                references: References | None = None,
+                conversations: Sequence[ChatPrompt | tuple[dict[str, Any], ...]] | None = None) -> ParityReport:
+    """Compare the GGUF (optionally with a LoRA GGUF on top) with the Hugging Face model in ``reference_dir``
+    on the plain prompts and ``conversations`` (default :data:`CONVERSATIONS`); a quantized GGUF is also
+    compared with ``references`` (files of the same weights; see module doc)."""
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -213,7 +282,9 @@ def verify_gguf(gguf_path: str | Path, reference_dir: str | Path, quantization: 
     report = ParityReport(gguf=str(gguf_path), quantization=quantization, reference=str(reference_dir),
                           adapter=str(adapter) if adapter else None)
     tokenizer = AutoTokenizer.from_pretrained(reference_dir)
-    texts, hf_inputs = _prompts(tokenizer)
+    chats = _chats(conversations)
+    texts, hf_inputs = _prompts(tokenizer, chats)
+    known = [_after_special(tokenizer, t) for t in PLAIN_PROMPTS] if _start_prefix_only(reference_dir, tokenizer) else []
     n_ctx = max(len(ids) for ids in hf_inputs) + GENERATION_TOKENS + 8
     try:
         llm = _load_llama(gguf_path, adapter, n_ctx, threads)
@@ -222,8 +293,10 @@ def verify_gguf(gguf_path: str | Path, reference_dir: str | Path, quantization: 
         report.failures.append(f"llama.cpp could not load the file: {exc}")
         return report
     try:
-        _template_checks(llm, tokenizer, report)
-        _token_checks(llm, texts, hf_inputs, report)
+        _template_checks(llm, tokenizer, report, chats)
+        _token_checks(llm, texts, hf_inputs, report, known)
+        if conversations is None:
+            _tool_checks(llm, tokenizer, report)
         _check_stops(llm, reference_dir, tokenizer, report)
         model = AutoModelForCausalLM.from_pretrained(reference_dir, dtype=torch.float32).eval()
         with torch.no_grad():
@@ -241,16 +314,39 @@ def verify_gguf(gguf_path: str | Path, reference_dir: str | Path, quantization: 
     return report
 
 
-def _token_checks(llm: Any, texts: list[str], hf_inputs: list[list[int]], report: ParityReport) -> None:
-    """(a): llama.cpp's token ids of every prompt equal the Hugging Face tokenizer's."""
+def _token_checks(llm: Any, texts: list[str], hf_inputs: list[list[int]], report: ParityReport,
+                  known: list[list[int] | None]) -> None:
+    """(a): llama.cpp's token ids of every prompt equal the Hugging Face tokenizer's; ``known[i]``: the ids plain
+    prompt i may have instead (Metaspace "first", see module doc)."""
     for i, (text, expected) in enumerate(zip(texts, hf_inputs, strict=True)):
         is_chat = i >= len(PLAIN_PROMPTS)
-        got = llm.tokenize(text.encode("utf-8"), add_bos=not is_chat, special=is_chat)
-        match = list(got) == expected
+        got = list(llm.tokenize(text.encode("utf-8"), add_bos=not is_chat, special=is_chat))
+        match = got == expected
+        start_prefix = not match and not is_chat and i < len(known) and got == known[i]
         report.tokenization.append({"prompt": i, "chat": is_chat, "tokens": len(expected), "match": match,
-                                    **({} if match else {"hf": expected[:64], "gguf": list(got)[:64]})})
-        if not match:
+                                    **({"start_prefix": True} if start_prefix else {}),
+                                    **({} if match else {"hf": expected[:64], "gguf": got[:64]})})
+        if start_prefix and START_PREFIX_NOTE not in report.known_differences:
+            report.known_differences.append(START_PREFIX_NOTE)
+        elif not match and not start_prefix:
             report.failures.append(f"token ids differ for {'chat' if is_chat else 'plain'} prompt {i}")
+
+
+def _tool_checks(llm: Any, tokenizer: Any, report: ParityReport) -> None:
+    """Where the chat template writes tool calls itself: the GGUF's template renders :data:`TOOL_CONVERSATION`
+    as transformers does and llama.cpp tokenizes that rendering into the same ids, so a model trained on tool
+    calls is served in their format (its logits are judged on the other conversations)."""
+    if not getattr(tokenizer, "chat_template", None) or not template_traits(tokenizer).tool_calls:
+        return
+    _template_checks(llm, tokenizer, report, [TOOL_CONVERSATION])
+    text = _render_hf(tokenizer, TOOL_CONVERSATION, True)
+    expected = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    got = list(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+    match = got == expected
+    report.tokenization.append({"prompt": "tools", "chat": True, "tokens": len(expected), "match": match,
+                                **({} if match else {"hf": expected[:64], "gguf": got[:64]})})
+    if not match:
+        report.failures.append("token ids differ for the tool conversation")
 
 
 def _divergence(llm: Any, inputs: list[list[int]], logits: list[Any]) -> Divergence:

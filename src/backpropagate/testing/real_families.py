@@ -54,6 +54,8 @@ REAL_FAMILY_SPECS: dict[str, RealFamily] = {f.family: f for f in (
     RealFamily("smollm2", "llama", "<|im_end|>", config={"tie_word_embeddings": True, "head_dim": HEAD_DIM}),
     RealFamily("smollm3", "smollm3", "<|im_end|>", layers=4, config={"tie_word_embeddings": True}),
     RealFamily("mistral", "mistral", "</s>", config={"head_dim": HEAD_DIM, "sliding_window": None}),
+    # not in REAL_FAMILIES: Mistral v0.3's tokenizer as transformers 5 writes it (tests/test_mistral_v03_export.py)
+    RealFamily("mistral-v0.3-hf", "mistral", "</s>", config={"head_dim": HEAD_DIM, "sliding_window": None}),
     RealFamily("phi3.5", "phi3", "<|end|>", config={"original_max_position_embeddings": 2048}),
     RealFamily("gemma3", "gemma3_text", "<end_of_turn>", config={
         "head_dim": HEAD_DIM, "query_pre_attn_scalar": HEAD_DIM, "sliding_window": 64,

@@ -18,6 +18,10 @@ Built once from the registry assets of :mod:`.assets` (no model hub) and cached 
 - ``mistral``: Mistral-7B-Instruct-v0.3's SentencePiece model converted by transformers, in the layout of
   Mistral's own tokenizer.json (Prepend("▁") + Replace normalizer), with :data:`MISTRAL_V3_TEMPLATE`,
   checked token for token against mistral_common by the tests.
+- ``mistral-v0.3-hf`` (not in :data:`REAL_FAMILIES`): the same SentencePiece model as transformers 5 writes
+  it (``LlamaTokenizer``'s converter: Metaspace pre-tokenizer with ``prepend_scheme "first"``, no normalizer,
+  BOS added by the post-processor; also what a real Mistral v0.3 folder becomes once transformers 5 loads and
+  saves it), with :data:`MISTRAL_V03_HF_TEMPLATE`, the published template of Mistral-7B-Instruct-v0.3 (tools).
 - ``phi3.5``: the SentencePiece vocabulary of llama.cpp's ``ggml-vocab-phi-3.gguf`` read by transformers,
   with Phi-3's right-stripping added tokens and the Phi-3.5-mini-instruct template.
 """
@@ -35,6 +39,8 @@ from typing import Any
 from . import assets
 
 REAL_FAMILIES = ("qwen2.5", "qwen3", "qwen3.5", "llama3.2", "smollm2", "smollm3", "mistral", "phi3.5", "gemma3")
+# Other layouts of a family's real tokenizer, built like REAL_FAMILIES but tested on their own.
+EXTRA_FAMILIES = ("mistral-v0.3-hf",)
 _SPACE = "\u2581"
 SMOLLM3_SPECIALS = {128002: "<think>", 128003: "</think>", 128011: "<|im_start|>", 128012: "<|im_end|>",
                     128013: "<tool_call>", 128014: "</tool_call>", 128015: "<tools>", 128016: "</tools>",
@@ -57,6 +63,60 @@ MISTRAL_V3_TEMPLATE = (
     "{%- endif %}{%- endfor %}"
 )
 PHI3_UNSTRIPPED = ("<unk>", "<s>", "<|endoftext|>")
+# The chat template of mistralai/Mistral-7B-Instruct-v0.3's tokenizer_config.json (written compactly: the
+# same output). Text follows a space after each control token ("[INST] ", "[TOOL_CALLS] [") because
+# transformers' Metaspace("first") tokenizer adds no "▁" after special tokens; tools go before the last user
+# turn; tool call and result ids must be 9 characters.
+_MISTRAL_V03_TOOLS = (
+    "{{- '[AVAILABLE_TOOLS] [' }}"
+    "{%- for tool in tools %}{%- set tool = tool.function %}"
+    "{{- '{\"type\": \"function\", \"function\": {' }}"
+    "{%- for key, val in tool.items() if key != 'return' %}"
+    "{%- if val is string %}{{- '\"' + key + '\": \"' + val + '\"' }}"
+    "{%- else %}{{- '\"' + key + '\": ' + val|tojson }}{%- endif %}"
+    "{%- if not loop.last %}{{- ', ' }}{%- endif %}{%- endfor %}"
+    "{{- '}}' }}{%- if not loop.last %}{{- ', ' }}{%- else %}{{- ']' }}{%- endif %}{%- endfor %}"
+    "{{- '[/AVAILABLE_TOOLS]' }}"
+)
+_MISTRAL_V03_ID_CHECK = ("{{- raise_exception('Tool call IDs should be alphanumeric strings with length 9!') }}"
+                         "{%- endif %}")
+MISTRAL_V03_HF_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}"
+    "{%- if not tools is defined %}{%- set tools = none %}{%- endif %}"
+    "{%- set user_messages = loop_messages | selectattr('role', 'equalto', 'user') | list %}"
+    "{%- set ns = namespace() %}{%- set ns.index = 0 %}"
+    "{%- for message in loop_messages %}"
+    "{%- if not (message.role == 'tool' or message.role == 'tool_results'"
+    " or (message.tool_calls is defined and message.tool_calls is not none)) %}"
+    "{%- if (message['role'] == 'user') != (ns.index % 2 == 0) %}"
+    "{{- raise_exception('After the optional system message, conversation roles must alternate "
+    "user/assistant/user/assistant/...') }}{%- endif %}"
+    "{%- set ns.index = ns.index + 1 %}{%- endif %}{%- endfor %}"
+    "{{- bos_token }}"
+    "{%- for message in loop_messages %}"
+    "{%- if message['role'] == 'user' %}"
+    "{%- if tools is not none and (message == user_messages[-1]) %}" + _MISTRAL_V03_TOOLS + "{%- endif %}"
+    "{%- if loop.last and system_message is defined %}"
+    "{{- '[INST] ' + system_message + '\\n\\n' + message['content'] + '[/INST]' }}"
+    "{%- else %}{{- '[INST] ' + message['content'] + '[/INST]' }}{%- endif %}"
+    "{%- elif message.tool_calls is defined and message.tool_calls is not none %}"
+    "{{- '[TOOL_CALLS] [' }}"
+    "{%- for tool_call in message.tool_calls %}{%- set out = tool_call.function|tojson %}{{- out[:-1] }}"
+    "{%- if not tool_call.id is defined or tool_call.id|length != 9 %}" + _MISTRAL_V03_ID_CHECK +
+    "{{- ', \"id\": \"' + tool_call.id + '\"}' }}"
+    "{%- if not loop.last %}{{- ', ' }}{%- else %}{{- ']' + eos_token }}{%- endif %}{%- endfor %}"
+    "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content']|trim + eos_token }}"
+    "{%- elif message['role'] == 'tool_results' or message['role'] == 'tool' %}"
+    "{%- if message.content is defined and message.content.content is defined %}"
+    "{%- set content = message.content.content %}{%- else %}{%- set content = message.content %}{%- endif %}"
+    "{{- '[TOOL_RESULTS] {\"content\": ' + content|string + ', ' }}"
+    "{%- if not message.tool_call_id is defined or message.tool_call_id|length != 9 %}" + _MISTRAL_V03_ID_CHECK +
+    "{{- '\"call_id\": \"' + message.tool_call_id + '\"}[/TOOL_RESULTS]' }}"
+    "{%- else %}{{- raise_exception('Only user and assistant roles are supported, with the exception of an "
+    "initial optional system message!') }}"
+    "{%- endif %}{%- endfor %}"
+)
 
 
 def _save(tokenizer_json: dict[str, Any], out: Path, template: str | None, **specials: str | None) -> None:
@@ -178,6 +238,17 @@ def _build_mistral(out: Path) -> None:
     _save(legacy_spm_layout(data), out, MISTRAL_V3_TEMPLATE, bos="<s>", eos="</s>", unk="<unk>")
 
 
+def _build_mistral_v03_hf(out: Path) -> None:
+    """What transformers 5 writes for Mistral v0.3: its LlamaTokenizer converter's layout, saved as is."""
+    from transformers import LlamaTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copyfile(assets.mistral_spm_model("v3"), Path(tmp) / "tokenizer.model")
+        converted = LlamaTokenizer.from_pretrained(tmp, add_bos_token=True)
+    converted.chat_template = MISTRAL_V03_HF_TEMPLATE
+    converted.save_pretrained(out)
+
+
 def _build_phi35(out: Path) -> None:
     from transformers import AutoTokenizer
 
@@ -199,6 +270,7 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "smollm3": _build_smollm3,
     "mistral": _build_mistral,
     "phi3.5": _build_phi35,
+    "mistral-v0.3-hf": _build_mistral_v03_hf,
 }
 
 
@@ -228,12 +300,12 @@ def vocab_tokenizer_dir(name: str) -> Path:
 
 
 def tokenizer_dir(family: str) -> Path:
-    """The cached tokenizer folder of ``family`` (one of :data:`REAL_FAMILIES`), built on first use.
+    """The cached tokenizer folder of ``family`` (:data:`REAL_FAMILIES`, :data:`EXTRA_FAMILIES`), built on first use.
 
     Raises :class:`.assets.AssetUnavailable` when an asset cannot be fetched here.
     """
     if family not in _BUILDERS:
-        raise ValueError(f"unknown family {family!r}; expected one of {', '.join(REAL_FAMILIES)}")
+        raise ValueError(f"unknown family {family!r}; expected one of {', '.join(REAL_FAMILIES + EXTRA_FAMILIES)}")
     return _cached(family, _BUILDERS[family])
 
 

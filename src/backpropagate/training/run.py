@@ -15,6 +15,9 @@ from typing import Any
 
 from ..atomic import write_dir_atomically
 from ..config import Settings
+from ..data.chat_template import template_traits
+from ..data.formats import Conversation
+from ..data.preview import template_notes
 from ..errors import BackpropagateError
 from ..logs import configure, redact
 from .callbacks import TrainingCallback
@@ -71,6 +74,9 @@ def training_samples(tokenizer: Any, data: Any, defaults: RunDefaults, *, curric
     from ..data import tokenize_examples
 
     samples = tokenize_examples(tokenizer, data.examples, train_on_responses=defaults.train_on_responses)
+    if log is not None and any(isinstance(e, Conversation) for e in data.examples):
+        for note in template_notes(template_traits(tokenizer), data.examples):
+            log.warning("chat_data", note=note)
     if not curriculum:
         return samples
     from ..data.curriculum import training_order

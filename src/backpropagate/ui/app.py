@@ -256,6 +256,7 @@ def _wire_dataset(ws: Workspace, ds: SimpleNamespace, tr: SimpleNamespace, mr: S
         view = ws.inspect_dataset(path, model)
         status = (f"**File:** `{view['path']}` · **Format:** {view['format']} ({view['reason']}) · **Rows:** {view['rows']} · "
                   f"trained tokens in the preview: {view['trained_tokens']}/{view['preview_tokens']}")
+        status += "".join(f"\n\n*Note:* {note}" for note in view["notes"])
         return status, view["preview"], view["report"], view["path"], view["path"]
 
     inspect_outputs = [ds.status, ds.preview, ds.report, tr.data, mr.data]

@@ -142,29 +142,20 @@ class Workspace:
                         max_seq_length: int = 2048) -> dict[str, Any]:
         """Format, row count, the template preview (trained tokens marked) and the data report."""
         from ..data import load_examples
-        from ..data.templates import IGNORE_INDEX, tokenize_conversation, tokenize_text
+        from ..data.preview import preview_example
 
         path = self.dataset_path(user_path)
         loaded = load_examples(str(path), require_assistant=False)
         tokenizer = self.tokenizer(model or "")
         preview: list[tuple[str, str | None]] = []
         trained = total = 0
-        for row, example in enumerate(loaded.examples[:preview_rows], start=1):
-            sample = (tokenize_text(tokenizer, example) if isinstance(example, str)
-                      else tokenize_conversation(tokenizer, example, row=row))
-            if preview:
-                preview.append((f"\n\n----- row {row} -----\n", None))
-            else:
-                preview.append((f"----- row {row} -----\n", None))
-            start = 0
-            flags = [label != IGNORE_INDEX for label in sample.labels]
-            trained += sum(flags)
-            total += len(flags)
-            for i in range(1, len(flags) + 1):
-                if i == len(flags) or flags[i] != flags[start]:
-                    text = tokenizer.decode(sample.input_ids[start:i], skip_special_tokens=False)
-                    preview.append((text, "trained" if flags[start] else None))
-                    start = i
+        notes: list[str] = []
+        for row in range(1, min(preview_rows, len(loaded.examples)) + 1):
+            shown = preview_example(tokenizer, loaded.examples, row)  # what `backprop data preview` shows
+            preview.append((f"{chr(10) * 2 if preview else ''}----- row {row} -----\n", None))
+            preview += [(text, "trained" if flag else None) for text, flag in shown.segments]
+            trained, total = trained + shown.trained_tokens, total + len(shown.input_ids)
+            notes += [note for note in shown.notes if note not in notes]
         try:
             from ..data import build_report
 
@@ -175,7 +166,7 @@ class Workspace:
             report_text = f"[{exc.code}]: {exc.message}\nhint: {exc.hint}"
         return {"path": self.relative(path), "format": loaded.report.name, "reason": loaded.report.reason,
                 "rows": loaded.report.total_rows, "preview": preview, "trained_tokens": trained,
-                "preview_tokens": total, "report": report_text}
+                "preview_tokens": total, "report": report_text, "notes": notes}
 
     # ---- training --------------------------------------------------------------------------------
     def make_trainer(self, *, model: str | None, preset: Literal["quality", "fast"] = "quality",
