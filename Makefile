@@ -23,7 +23,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(EXTRAS)
 DEMO_STAMP := $(VENV)/.installed-$(DEMO_EXTRAS)
 
-.PHONY: install test lint typecheck demo demo-full bench clean browser assets
+.PHONY: install test lint layers typecheck demo demo-full bench clean browser assets
 
 # The web UI's browser tests drive Debian's chromium through Playwright (browser downloads are not
 # possible here). Installed when missing and running as root; otherwise those tests skip and say why.
@@ -44,6 +44,11 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 
+# The layers (shells -> API -> continual | export -> training -> data -> storage / common), export and continual
+# independent, no import cycles: import-linter's contracts in .importlinter.
+layers: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
+
 # mypy (settings in pyproject.toml) on the whole package.
 TYPED_PACKAGES ?= src/backpropagate
 typecheck: $(STAMP)
@@ -54,7 +59,7 @@ typecheck: $(STAMP)
 assets: $(STAMP)
 	$(PY) -m backpropagate.testing.assets
 
-test: $(STAMP) lint typecheck browser assets
+test: $(STAMP) lint layers typecheck browser assets
 	$(VENV)/bin/pytest -q
 
 # The demo reports to no experiment tracker (BACKPROPAGATE_TRAINING__REPORT_TO=<names> asks for some).

@@ -11,10 +11,10 @@ import torch
 
 from backpropagate import Trainer
 from backpropagate.data import load_examples, tokenize_examples
-from backpropagate.data.packing import collate, forward_packed, pack
+from backpropagate.data.packing import collate, pack
 from backpropagate.demo import quickstart_path
 from backpropagate.testing.assets import AssetUnavailable
-from backpropagate.training.chunked_loss import forward_chunked, loss_head
+from backpropagate.training.chunked_loss import forward_chunked, forward_packed, loss_head
 
 
 def _real_family(family: str) -> Path:

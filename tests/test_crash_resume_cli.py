@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from backpropagate import runs
 from backpropagate.demo import quickstart_path
-from backpropagate.runs.store import RunStore
+from backpropagate.storage.store import RunStore
 from backpropagate.training.checkpoints import (
     DELAY_ENV,
     list_checkpoints,

@@ -20,10 +20,11 @@ from backpropagate.data.curriculum import (
     load_scores,
     training_order,
 )
-from backpropagate.data.packing import collate, forward_packed, pack
+from backpropagate.data.packing import collate, pack
 from backpropagate.data.rowset import load_rowset
 from backpropagate.data.templates import TokenizedSample, tokenize_examples
 from backpropagate.errors import BackpropagateError
+from backpropagate.training.chunked_loss import forward_packed
 from backpropagate.training.engine import DataStream
 
 

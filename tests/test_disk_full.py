@@ -18,7 +18,7 @@ from backpropagate import atomic
 from backpropagate.atomic import atomic_file, sweep_stale, write_dir_atomically
 from backpropagate.demo import quickstart_path
 from backpropagate.errors import BackpropagateError
-from backpropagate.runs.store import RunStore
+from backpropagate.storage.store import RunStore
 from process_helpers import BACKPROP
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from backpropagate import runs
 from backpropagate.demo import quickstart_path
-from backpropagate.runs.store import RunStore
+from backpropagate.storage.store import RunStore
 from backpropagate.training.checkpoints import list_checkpoints, run_checkpoint_dir
 from backpropagate.training.output_lock import LOCK_FILE, OutputLock
 from process_helpers import BACKPROP, wait_for

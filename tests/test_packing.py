@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backpropagate.data.packing import collate, forward_packed, pack, shifted_targets
+from backpropagate.data.packing import collate, pack, shifted_targets
 from backpropagate.data.templates import IGNORE_INDEX, TokenizedSample
+from backpropagate.training.chunked_loss import forward_packed
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from backpropagate import BackpropagateError, RunControls, Trainer, runs
 from backpropagate.demo import quickstart_path
-from backpropagate.runs.store import RunStore
+from backpropagate.storage.store import RunStore
 from backpropagate.training.checkpoints import list_checkpoints, run_checkpoint_dir, verify_checkpoint
 
 STEPS = 6

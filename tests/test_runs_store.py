@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from backpropagate import BackpropagateError, runs
-from backpropagate.runs.store import RunStore
+from backpropagate.storage.store import RunStore
 
 
 def start(store: RunStore, run_id: str, steps: int = 3) -> None:
@@ -61,7 +61,7 @@ def test_not_a_database_and_a_newer_schema(tmp_path: Path) -> None:
 def _child(db: Path, body: str) -> str:
     return textwrap.dedent(f"""
         import os, sys, time
-        from backpropagate.runs.store import RunStore
+        from backpropagate.storage.store import RunStore
         store = RunStore({str(db)!r})
     """) + textwrap.dedent(body)
 

@@ -31,7 +31,7 @@ def _probe(path: Path) -> torch.Tensor:
 def _base(path: Path, *, four_bit: bool = False) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    from backpropagate.training.model import four_bit_config
+    from backpropagate.models import four_bit_config
 
     extra = {"quantization_config": four_bit_config(torch.float32)} if four_bit else {}
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **extra)

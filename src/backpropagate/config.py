@@ -9,6 +9,7 @@ settings a resume may change are all read from the fields.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +45,24 @@ def option(default: Any, description: str, *, flags: tuple[str, ...] = (), arg: 
     if arg:
         extra["arg"] = arg
     return Field(default, description=description, json_schema_extra=extra, **constraints)
+
+
+#: The experiment trackers ``report_to`` may name.
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
+
+def parse_report_to(value: str | Sequence[str] | None) -> list[str] | str:
+    """Normalize ``report_to``: "auto", [] for "none", or a list of known tracker names."""
+    if value is None or value == "auto":
+        return "auto"
+    names = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    if names in ([], ["none"]):
+        return []
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown:
+        raise BackpropagateError("INPUT_INVALID_VALUE", f"report_to={value!r} names unknown tracker(s) "
+                                 f"{', '.join(unknown)}; choose from auto, none, {', '.join(TRACKERS)}.")
+    return names
 
 
 class ModelSettings(BaseModel):
@@ -212,8 +231,6 @@ class TrainingSettings(BaseModel):
     @field_validator("report_to", mode="before")
     @classmethod
     def _report_to(cls, value: Any) -> Any:
-        from .training.tracking import parse_report_to
-
         if isinstance(value, tuple):
             value = list(value)
         try:

@@ -32,6 +32,9 @@ from typing import Any
 from .errors import BackpropagateError
 from .presets import find_model_preset, preset_for_hub_id, resolve_target_modules
 
+LOSS_CHUNK_TOKENS = 1024  # tokens whose logits exist at once in the chunked loss (training.chunked_loss)
+LOSS_CHUNK_ELEMENTS = 1024 * 32768  # at most this many logits at once (128 MB fp32): fewer tokens for 151k
+
 GB = 1024**3
 FULL_FT_MAX_PARAMS = 4_500_000_000  # the "4 B class": Qwen-3.5-4B counts 4.2 B, the 7 B presets 7.2-7.6 B
 NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 blocks
@@ -273,6 +276,11 @@ def estimate(shape: ModelShape, s: PlanSettings) -> tuple[int, dict[str, int]]:
     return trainable, components
 
 
+def chunk_tokens_for(vocab_size: int) -> int:
+    """Tokens per chunk: LOSS_CHUNK_TOKENS, fewer for vocabularies above 32k (a fixed logits budget)."""
+    return max(16, min(LOSS_CHUNK_TOKENS, LOSS_CHUNK_ELEMENTS // max(vocab_size, 1)))
+
+
 def _logit_bytes(shape: ModelShape, s: PlanSettings, tokens: int) -> int:
     """The plain loss of a 16-bit model keeps an fp32 copy of the logits and their log-softmax, and its
     backward adds the gradient (12 bytes per token and word); an fp32 model's logits are their own fp32
@@ -280,8 +288,6 @@ def _logit_bytes(shape: ModelShape, s: PlanSettings, tokens: int) -> int:
     place, plus the log-sum-exp temporary (8 bytes per chunk token and word)."""
     if not s.chunked_loss:
         return tokens * shape.vocab_size * (8 if s.precision == "fp32" else 12)
-    from .training.chunked_loss import chunk_tokens_for
-
     return min(tokens, chunk_tokens_for(shape.vocab_size)) * shape.vocab_size * 8
 
 

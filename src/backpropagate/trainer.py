@@ -115,7 +115,7 @@ class Trainer:
         import inspect
 
         from .config import TRAINER_ARGS
-        from .runs.store import RunStore
+        from .storage.store import RunStore
 
         output = Path(output_dir) if output_dir is not None else resolve_settings().training.output_dir
         config = RunStore.for_output(output).get(run_id).config
@@ -515,7 +515,7 @@ class Trainer:
 
     def _record_export(self, result: Any) -> None:
         """Add the export to the run's history row (``runs.get(id).details["exports"]``)."""
-        from .runs.store import RunStore
+        from .storage.store import RunStore
 
         if self.last_run is None:
             return

@@ -157,7 +157,7 @@ def run_campaign(tools: CampaignTools, dataset: Any = None, *, num_runs: int | N
                  text_column: str | None = None, callback: TrainingCallback | None = None) -> MultiRunResult:
     """The body of :meth:`backpropagate.Trainer.multi_run` (see there for the arguments)."""
     from ..data import load_examples
-    from ..runs.store import RunStore
+    from ..storage.store import RunStore
     from ..training.session import RunSession
 
     log = get_logger()

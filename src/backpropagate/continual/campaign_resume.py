@@ -51,7 +51,7 @@ def find_campaign(store: Any, resume: str | bool | None, config: dict[str, Any],
 
 def stored_data(output_dir: Path, resume: Any) -> list[str]:
     """The datasets of the campaign being resumed, when the caller did not pass them again."""
-    from ..runs.store import RunStore
+    from ..storage.store import RunStore
 
     record = RunStore.for_output(output_dir).get(str(resume))
     datasets = record.config.get("multi_run", {}).get("datasets")
@@ -73,7 +73,7 @@ def resumed_arguments(output_dir: Path, resume: Any, given: dict[str, Any]) -> d
     """Arguments left as None: the campaign's own when resuming one by id, else the defaults."""
     stored: dict[str, Any] = {}
     if resume not in (None, False, True):
-        from ..runs.store import RunStore
+        from ..storage.store import RunStore
 
         stored = RunStore.for_output(output_dir).get(str(resume)).config.get("multi_run", {})
     out = {}

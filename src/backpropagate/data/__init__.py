@@ -11,7 +11,7 @@ from .templates import IGNORE_INDEX, TokenizedSample, render, tokenize_conversat
 
 __all__ = [
     "FORMATS", "IGNORE_INDEX", "Conversation", "FormatReport", "LoadedData", "PackingPlan",
-    "TokenizedSample", "collate", "dataset_fingerprint", "detect_format", "forward_packed", "load_rows",
+    "TokenizedSample", "collate", "dataset_fingerprint", "detect_format", "load_rows",
     "load_examples", "pack", "render", "to_examples", "tokenize_conversation", "tokenize_examples",
     # the data tools (backprop data ...)
     "apply_filters", "build_filters", "build_report", "curriculum_buckets", "curriculum_file", "curriculum_order",
@@ -22,7 +22,7 @@ __all__ = [
 # packing imports torch, and the data tools their own libraries: they load on first use, so that
 # `backprop data filter/dedup/report` starts without torch.
 _LAZY = {
-    "PackingPlan": "packing", "collate": "packing", "forward_packed": "packing", "pack": "packing",
+    "PackingPlan": "packing", "collate": "packing", "pack": "packing",
     "apply_filters": "quality", "build_filters": "quality", "filter_file": "quality",
     "deduplicate": "dedup", "dedup_file": "dedup", "exact_duplicates": "dedup", "near_duplicates": "dedup",
     "perplexity_file": "perplexity", "score_examples": "perplexity", "select_by_perplexity": "perplexity",

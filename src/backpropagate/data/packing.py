@@ -122,27 +122,3 @@ def collate(rows: Sequence[PackedRow], pad_token_id: int) -> dict[str, torch.Ten
         "position_ids": torch.tensor(position_ids, dtype=torch.long),
         "targets": torch.tensor(targets, dtype=torch.long),
     }
-
-
-def forward_packed(model: torch.nn.Module, batch: dict[str, torch.Tensor], *,
-                   chunked_loss: bool = False) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over the batch's targets and the number of target tokens.
-
-    ``use_cache=False`` and no attention mask are what make transformers respect sample boundaries.
-    ``chunked_loss`` builds the logits a chunk of tokens at a time (``training.chunked_loss``) where the
-    architecture allows it; the loss and gradients are the same.
-    """
-    device = next(model.parameters()).device
-    if chunked_loss:
-        from ..training.chunked_loss import forward_chunked, loss_head
-
-        parts = loss_head(model)
-        if parts is not None:
-            return forward_chunked(parts, batch, device)
-    out = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
-                use_cache=False)
-    targets = batch["targets"].to(device)
-    logits = out.logits.float()
-    loss_sum = torch.nn.functional.cross_entropy(
-        logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss_sum, int((targets != IGNORE_INDEX).sum())

@@ -15,7 +15,7 @@ def resolve_tokenizer(tokenizer: Any, *, trust_remote_code: bool = False) -> Any
     if not isinstance(tokenizer, str):
         return tokenizer
     from ..config import ModelSettings
-    from ..training.model import load_tokenizer
+    from ..models import load_tokenizer
 
     return load_tokenizer(ModelSettings(name=tokenizer, trust_remote_code=trust_remote_code))
 
@@ -23,7 +23,7 @@ def resolve_tokenizer(tokenizer: Any, *, trust_remote_code: bool = False) -> Any
 def load_reference_model(name: str, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) of a causal LM for scoring: eval mode, on the GPU when there is one."""
     from ..config import ModelSettings
-    from ..training.model import load_model, load_tokenizer, pick_device, pick_dtype
+    from ..models import load_model, load_tokenizer, pick_device, pick_dtype
 
     settings = ModelSettings(name=name, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(settings)

@@ -18,6 +18,7 @@ import builtins
 from pathlib import Path
 from typing import Any
 
+from ..storage.store import HISTORY_FILE, STATUSES, RunRecord, RunStore
 from .history import (
     EXPORT_FORMATS,
     OutputDirs,
@@ -31,7 +32,6 @@ from .history import (
     replay_run,
 )
 from .plots import plot_losses, terminal_curve
-from .store import HISTORY_FILE, STATUSES, RunRecord, RunStore
 
 __all__ = ["EXPORT_FORMATS", "HISTORY_FILE", "STATUSES", "OutputDirs", "Resumption", "RunDiff", "RunRecord", "RunStore",
            "diff", "export", "get", "list", "plot_losses", "prepare_resume", "replay", "resume", "terminal_curve"]

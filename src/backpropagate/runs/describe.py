@@ -8,9 +8,9 @@ import json
 from typing import Any
 
 from ..logs import redact, redact_tree
+from ..storage.store import RunRecord
 from .history import duration_seconds, flatten
 from .plots import terminal_curve
-from .store import RunRecord
 
 
 def seconds_text(value: float | None) -> str:

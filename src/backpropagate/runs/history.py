@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackpropagateError, invalid_value
-from .index import known_output_dirs
-from .store import STATUSES, RunRecord, RunStore
+from ..storage.index import known_output_dirs
+from ..storage.store import STATUSES, RunRecord, RunStore
 
 EXPORT_FORMATS = ("jsonl", "csv", "json")
 

@@ -22,9 +22,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..data.templates import IGNORE_INDEX
-
-LOSS_CHUNK_TOKENS = 1024  # tokens whose logits exist at once; the memory plan reads it
-LOSS_CHUNK_ELEMENTS = 1024 * 32768  # at most this many logits at once (128 MB fp32): fewer tokens for 151k
+from ..plan import chunk_tokens_for
 
 # model_type -> how its ForCausalLM turns the head's output into logits (checked against transformers):
 # "none" logits = lm_head(h); "softcap" cap * tanh(logits / cap) with config.final_logit_softcapping;
@@ -93,11 +91,6 @@ def loss_head(model: torch.nn.Module) -> LossHead | None:
     if decoder is None or decoder is lm or head is None or transform is None:
         return None
     return LossHead(decoder=decoder, head=head, scale=transform[0], softcap=transform[1])
-
-
-def chunk_tokens_for(vocab_size: int) -> int:
-    """Tokens per chunk: LOSS_CHUNK_TOKENS, fewer for vocabularies above 32k (a fixed logits budget)."""
-    return max(16, min(LOSS_CHUNK_TOKENS, LOSS_CHUNK_ELEMENTS // max(vocab_size, 1)))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -210,3 +203,25 @@ def forward_chunked(parts: LossHead, batch: dict[str, torch.Tensor], device: tor
     n_targets = int(keep.sum())
     loss = chunked_cross_entropy(parts, hidden, targets[keep], chunk_tokens)
     return loss, n_targets
+
+
+def forward_packed(model: torch.nn.Module, batch: dict[str, torch.Tensor], *,
+                   chunked_loss: bool = False) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the batch's targets and the number of target tokens.
+
+    ``use_cache=False`` and no attention mask are what make transformers respect sample boundaries.
+    ``chunked_loss`` builds the logits a chunk of tokens at a time (``training.chunked_loss``) where the
+    architecture allows it; the loss and gradients are the same.
+    """
+    device = next(model.parameters()).device
+    if chunked_loss:
+        parts = loss_head(model)
+        if parts is not None:
+            return forward_chunked(parts, batch, device)
+    out = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
+                use_cache=False)
+    targets = batch["targets"].to(device)
+    logits = out.logits.float()
+    loss_sum = torch.nn.functional.cross_entropy(
+        logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss_sum, int((targets != IGNORE_INDEX).sum())

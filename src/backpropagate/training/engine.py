@@ -18,10 +18,12 @@ from typing import Any
 
 import torch
 
-from ..data.packing import PackedRow, collate, forward_packed, pack
+from ..data.packing import PackedRow, collate, pack
 from ..data.templates import IGNORE_INDEX, TokenizedSample
 from ..errors import BackpropagateError
 from .callbacks import TrainingCallback
+from .chunked_loss import forward_packed
+from .guards import OomRecovery
 from .optimizers import create_optimizer
 from .parallel import Parallel, ProcessStrategy, SingleProcess
 
@@ -189,8 +191,6 @@ def train_loop(model: torch.nn.Module, samples: Sequence[TokenizedSample], cfg: 
     ``parallel`` is the process strategy (default: one process); under ``training.parallel.Parallel``
     this process trains its share of every step.
     """
-    from .guards import OomRecovery
-
     parallel = parallel if parallel is not None else SingleProcess()
     callback = callback or TrainingCallback()
     hooks = hooks or LoopHooks()

@@ -347,7 +347,8 @@ def held_out_totals(model: Any, samples: list[Any], pad_token_id: int, *, max_se
     is called after each batch."""
     import torch
 
-    from ..data.packing import collate, forward_packed, pack
+    from ..data.packing import collate, pack
+    from .chunked_loss import forward_packed
 
     width = max([max_seq_length, *(len(s.input_ids) for s in samples)])
     rows = pack(samples, width, seed=None).rows

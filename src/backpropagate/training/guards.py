@@ -12,15 +12,21 @@ import gc
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..errors import BackpropagateError
 from .rng import capture_rng, restore_rng
 
-if TYPE_CHECKING:
-    from .engine import LoopState
-
 T = TypeVar("T")
+
+
+class StepState(Protocol):
+    """What OOM recovery adjusts between attempts of a step (the loop's ``engine.LoopState``)."""
+
+    stream: Any  # the data stream, rewound to the step's start before a retry
+    optimizer: Any
+    batch_size: int
+    gradient_accumulation: int
 
 MAX_RETRIES_AT_MIN_BATCH = 3
 
@@ -64,7 +70,7 @@ class OomRecovery:
         self.enabled = enabled
         self.log = log
 
-    def run_step(self, state: LoopState, step: int, attempt: Callable[[], T]) -> T:
+    def run_step(self, state: StepState, step: int, attempt: Callable[[], T]) -> T:
         stream_start = state.stream.state_dict()
         rng_start = capture_rng(python=False)
         retries = 0

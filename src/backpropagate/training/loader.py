@@ -67,9 +67,9 @@ def load_for_training(settings: Settings, defaults: RunDefaults) -> LoadedModel:
     """
     import torch
 
+    from ..models import load_model, load_tokenizer
     from ..plan import check_full_finetune_size
     from .adapters import build_full, build_lora, enable_gradient_checkpointing
-    from .model import load_model, load_tokenizer
 
     settings = defaults.apply(settings)
     check_method(settings)

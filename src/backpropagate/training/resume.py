@@ -10,7 +10,7 @@ from ..config import TRAINER_ARGS
 from ..errors import BackpropagateError
 from ..logs import redact_tree
 from ..options import operational_options
-from ..runs.store import RunRecord, RunStore
+from ..storage.store import RunRecord, RunStore
 from .checkpoints import CheckpointRef, list_checkpoints, quarantine, stale_partials, verify_checkpoint
 
 # Settings that change how a run is looked after, not what it computes (changes_training=False on the field):

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import BackpropagateError, invalid_value
 from ..logs import is_redacted, redact
-from ..runs.store import RunRecord, RunStore
+from ..storage.store import RunRecord, RunStore
 from .checkpoints import (
     LoadedCheckpoint,
     list_checkpoints,

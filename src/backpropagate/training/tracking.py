@@ -20,27 +20,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config import TRACKERS, parse_report_to
 from ..errors import BackpropagateError
 from .callbacks import TrainingCallback
 
-TRACKERS = ("tensorboard", "mlflow", "wandb")
 TRACKING_HINT = 'pip install "backpropagate[tracking]"'
 _PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 PROJECT = "backpropagate"
-
-
-def parse_report_to(value: str | Sequence[str] | None) -> list[str] | str:
-    """Normalize ``report_to``: "auto", [] for "none", or a list of known tracker names."""
-    if value is None or value == "auto":
-        return "auto"
-    names = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
-    if names in ([], ["none"]):
-        return []
-    unknown = [n for n in names if n not in TRACKERS]
-    if unknown:
-        raise BackpropagateError("INPUT_INVALID_VALUE", f"report_to={value!r} names unknown tracker(s) "
-                                 f"{', '.join(unknown)}; choose from auto, none, {', '.join(TRACKERS)}.")
-    return names
 
 
 def _installed(name: str) -> bool:

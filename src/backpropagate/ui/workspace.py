@@ -257,7 +257,7 @@ class Workspace:
 
     # ---- runs ------------------------------------------------------------------------------------
     def output_dirs(self) -> list[Path]:
-        from ..runs import HISTORY_FILE
+        from ..storage.store import HISTORY_FILE
 
         base = self.root / "runs"
         return sorted(p.parent for p in base.glob(f"*/{HISTORY_FILE}")) if base.is_dir() else []

@@ -1,4 +1,7 @@
-"""Load a base model and tokenizer (hub id or local folder; 4-bit NF4 for QLoRA) and wrap it with LoRA."""
+"""Load a base model and tokenizer by name (hub id or local folder; 4-bit NF4 for QLoRA), with coded errors.
+
+Below training and the data tools alike: both load models the same way (``trust_remote_code`` off unless asked).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,9 @@ from typing import Any
 
 import torch
 
-from ..config import LoraSettings, ModelSettings
-from ..errors import BackpropagateError
-from ..logs import redact
+from .config import ModelSettings
+from .errors import BackpropagateError
+from .logs import redact
 
 
 def pick_device() -> torch.device:
@@ -75,14 +78,3 @@ def _load_error(name: str, exc: Exception) -> BackpropagateError:
                                   retryable=False)
     detail = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     return BackpropagateError("DEP_MODEL_LOAD_FAILED", f"could not load model {redact(name)!r}: {detail[:300]}")
-
-
-def apply_lora(model: Any, lora: LoraSettings, seed: int) -> Any:
-    """Wrap ``model`` in a trainable LoRA/DoRA adapter; the base weights are frozen.
-
-    PiSSA and LoftQ need more than the model (see :mod:`backpropagate.training.loader`).
-    """
-    from .adapters import build_lora
-
-    name = getattr(model.config, "name_or_path", "")
-    return build_lora(model, lora, seed, model_name=name).model

@@ -21,9 +21,9 @@ from typing import Any
 
 from ..atomic import disk_full, write_failed
 from ..errors import BackpropagateError
+from .index import HISTORY_FILE, remember
 
 SCHEMA_VERSION = 2  # 2 added details_json (a campaign's merges and forgetting)
-HISTORY_FILE = "runs.db"
 STATUSES = ("running", "completed", "failed", "interrupted")
 _BUSY_TIMEOUT_MS = 30_000
 
@@ -220,8 +220,6 @@ class RunStore:
     def start(self, *, run_id: str, model: str, dataset_path: str | None, dataset_hash: str | None,
               config: dict[str, Any], steps: int) -> None:
         """Record a new run as ``running`` in this process (and remember its output dir in the index)."""
-        from .index import remember
-
         remember(self.path.parent)
         now = _now()
         with self._transaction() as conn:

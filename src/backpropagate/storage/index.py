@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 HOME_ENV = "BACKPROPAGATE_HOME"
+HISTORY_FILE = "runs.db"  # the history each output directory holds
 INDEX_FILE = "index.db"
 
 
@@ -47,8 +48,6 @@ def remember(output_dir: str | Path) -> None:
 
 def known_output_dirs() -> list[Path]:
     """Indexed output directories that still hold a history, most recently used first."""
-    from .store import HISTORY_FILE
-
     if not (home() / INDEX_FILE).exists():
         return []
     try:
