@@ -17,7 +17,7 @@ from backpropagate import Trainer
 from backpropagate.config import OPTION_GROUPS, TRAINER_ARGS
 from backpropagate.demo import quickstart_path
 from backpropagate.option_table import environment_table, parameter_table, readme_section
-from backpropagate.options import help_text, operational_options, option, trainer_options
+from backpropagate.options import help_text, operational_options, trainer_options
 from backpropagate.training.resume import OPERATIONAL
 from process_helpers import BACKPROP
 
@@ -110,18 +110,6 @@ def test_resume_may_change_only_operational_options() -> None:
     assert derived == OPERATIONAL
     assert {"output_dir", "save_steps", "thermal_pause_celsius", "unsloth_fallback"} <= derived
     assert not {"learning_rate", "warmup_ratio", "lr_scheduler", "seed", "lora_r"} & derived
-
-
-def test_loop_defaults_are_the_fields() -> None:
-    """``LoopConfig`` (the engine's own, for callers without settings) may not drift from the fields."""
-    from dataclasses import MISSING, fields
-
-    from backpropagate.training.engine import LoopConfig
-
-    shared = [(f, option(f.name)) for f in fields(LoopConfig) if f.default is not MISSING and f.name in TRAINER_ARGS]
-    assert {f.name for f, _ in shared} >= {"warmup_ratio", "lr_scheduler", "weight_decay", "max_grad_norm", "seed"}
-    for f, spec in shared:
-        assert spec.default is None or f.default == spec.default, f.name
 
 
 def _train(model: Path, out: Path, *extra: str) -> tuple[str, list[float]]:

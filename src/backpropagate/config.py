@@ -295,6 +295,15 @@ def _option_table() -> dict[str, tuple[str, str]]:
     return table
 
 
+def declared_default(name: str) -> Any:
+    """The default option ``name`` (a settings field) is declared with: what every other place that needs the
+    default reads, so it is written once."""
+    for model in OPTION_GROUPS.values():
+        if name in model.model_fields:
+            return model.model_fields[name].default
+    raise KeyError(f"no option named {name!r}")
+
+
 TRAINER_ARGS: dict[str, tuple[str, str]] = _option_table()
 OPTION_DOCS: dict[str, str] = {arg: str(OPTION_GROUPS[group].model_fields[field].description)
                                for arg, (group, field) in TRAINER_ARGS.items()}

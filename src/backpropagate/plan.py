@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .config import declared_default
 from .errors import BackpropagateError
 from .presets import find_model_preset, preset_for_hub_id, resolve_target_modules
 
@@ -141,7 +142,7 @@ class PlanSettings:
 
     method: str = "lora"  # lora | qlora | dora | full
     lora_r: int = 256
-    target_modules: str | tuple[str, ...] = "all-linear"
+    target_modules: str | tuple[str, ...] = declared_default("target_modules")
     lora_dropout: float = 0.05
     precision: str = "bf16"  # model dtype: bf16 | fp16 | fp32
     optim: str = "adamw_torch"

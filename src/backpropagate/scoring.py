@@ -15,8 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import declared_default
 from .errors import BackpropagateError, check_count
 from .logs import redact
+
+MAX_SEQ_LENGTH: int = declared_default("max_seq_length")  # rows packed as training packs them
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,8 @@ class EvalReport:
 
 
 def evaluate(adapter: str | Path, data: Any, *, base: str | Path | None = None, include_base: bool = True,
-             format: str | None = None, text_column: str | None = None, max_seq_length: int = 2048,
+             format: str | None = None, text_column: str | None = None,
+             max_seq_length: int = MAX_SEQ_LENGTH,
              batch_size: int = 4, train_on_responses: bool = True, trust_remote_code: bool = False,
              progress: Callable[[int, int], Any] | None = None) -> EvalReport:
     """Held-out loss and perplexity of ``adapter`` (a folder ``trainer.save`` wrote, or a full model folder)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from ..config import declared_default
 from . import app
 
 if TYPE_CHECKING:
@@ -197,7 +198,8 @@ def report_command(
     source: str = typer.Argument(..., help=SOURCE_HELP),
     tokenizer: str = typer.Option(None, "--tokenizer", help="Count real tokens with this tokenizer's chat template "
                                   "[default: count words]."),
-    max_seq_length: int = typer.Option(2048, "--max-seq-length", help="Rows longer than this (in tokens) are "
+    max_seq_length: int = typer.Option(declared_default("max_seq_length"), "--max-seq-length", help="Rows longer "
+                                       "than this (in tokens) are "
                                        "reported as truncated."),
     languages: str = typer.Option(None, "--languages", help="Also run the language filter for these codes (en,fr)."),
     html: Path = typer.Option(None, "--html", help="Write a self-contained HTML report with the histogram."),

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import declared_default
 from ..errors import invalid_value
 from .chat_template import template_traits
 from .preview import template_notes
@@ -34,6 +35,7 @@ WARN_MAIN_LANGUAGE_SHARE = 0.9
 WARN_TRUNCATED_SHARE = 0.05
 WARN_MIN_ROWS = 50
 HISTOGRAM_BINS = 20
+MAX_SEQ_LENGTH: int = declared_default("max_seq_length")  # training's: rows longer than it are truncated
 
 
 @dataclass
@@ -102,7 +104,7 @@ class DataReport:
         return "\n".join(lines)
 
 
-def build_report(source: Any, *, tokenizer: Any = None, max_seq_length: int | None = 2048,
+def build_report(source: Any, *, tokenizer: Any = None, max_seq_length: int | None = MAX_SEQ_LENGTH,
                  languages: Any = None, dedup_threshold: float = 0.8, format: str | None = None,
                  text_column: str | None = None, progress: Progress | None = None) -> DataReport:
     """Analyse a dataset. With ``tokenizer`` lengths are real tokens (rendered with its chat template),

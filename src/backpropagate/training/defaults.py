@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import TRAINER_ARGS, Settings
+from ..config import TRAINER_ARGS, Settings, declared_default
 from ..hardware import HardwareFacts, auto_batch_size
 from ..presets import LORA_PRESETS
 from .fit import SAFETY_MARGIN, Fit, Knobs, fit_to_card
@@ -48,7 +48,7 @@ class RunDefaults:
     load_in_4bit: bool = False
     lora_r: int = 0
     lora_alpha: float = 0.0
-    target_modules: str | tuple[str, ...] = "all-linear"
+    target_modules: str | tuple[str, ...] = declared_default("target_modules")
     hardware: HardwareFacts | None = None
     changes: tuple[str, ...] = ()  # "setting=value: why", each change the memory fitting made
     warnings: tuple[str, ...] = ()  # said loudly at start-up (the LoRA rank was lowered)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..config import declared_default
 from ..data.packing import PackedRow, collate, pack
 from ..data.templates import IGNORE_INDEX, TokenizedSample
 from ..errors import BackpropagateError
@@ -36,11 +37,11 @@ class LoopConfig:
     learning_rate: float
     max_seq_length: int
     packing: bool = True
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 42
+    warmup_ratio: float = declared_default("warmup_ratio")
+    lr_scheduler: str = declared_default("lr_scheduler")
+    weight_decay: float = declared_default("weight_decay")
+    max_grad_norm: float = declared_default("max_grad_norm")
+    seed: int = declared_default("seed")
     shuffle: bool = True  # False keeps the sample order (curriculum), as far as packing allows
     optim: str = "adamw_torch"  # a transformers optimizer name (training.optimizers)
     chunked_loss: bool = True  # logits a chunk at a time (training.chunked_loss); one-process runs only

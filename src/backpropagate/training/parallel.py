@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import declared_default
 from ..errors import BackpropagateError
 
 
@@ -79,7 +80,7 @@ class Parallel:
     rank: int
     world_size: int
     local_rank: int
-    strategy: str = "ddp"  # "ddp" (every rank holds the whole model), "fsdp" or "deepspeed" (partitioned)
+    strategy: str = declared_default("strategy")  # "ddp" (every rank holds the whole model), "fsdp" or "deepspeed" (partitioned)
     deepspeed: dict[str, Any] | None = None  # the DeepSpeed config (without the batch shape) of "deepspeed"
     distributed = True
 

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from .views import RUN_COLUMNS, error_markdown, job_markdown, loss_rows, run_text, runs_table
-from .workspace import DATA_SUFFIXES, METHODS, Workspace
+from .workspace import DATA_SUFFIXES, MAX_SEQ_LENGTH, METHODS, PRESET, Workspace
 
 __all__ = ["build_app"]
 
@@ -130,12 +130,12 @@ def _train_layout(ws: Workspace, models: list[str]) -> SimpleNamespace:
                                 label="Model (preset, hub id or folder in the sandbox)", elem_id="train-model")
             data = gr.Textbox(label="Dataset path (relative to the sandbox)", elem_id="train-data")
         with gr.Row():
-            preset = gr.Radio(list(LORA_PRESETS), value="quality", label="LoRA preset")
+            preset = gr.Radio(list(LORA_PRESETS), value=PRESET, label="LoRA preset")
             method = gr.Radio(list(METHODS), value="LoRA", label="Method")
         with gr.Row():
             steps = gr.Number(100, label="Steps", precision=0, elem_id="train-steps")
             lr = gr.Textbox("", label="Learning rate (empty: the preset's)", elem_id="train-lr")
-            seq = gr.Number(2048, label="Sequence length", precision=0, elem_id="train-seq")
+            seq = gr.Number(MAX_SEQ_LENGTH, label="Sequence length", precision=0, elem_id="train-seq")
             held_out = gr.Number(0, label="Held-out share (0: automatic, 5 % of 1000+ rows)",
                                  elem_id="train-eval-fraction")
         with gr.Row():

@@ -16,9 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..atomic import write_file_atomically
+from ..config import declared_default
 from ..errors import BackpropagateError, invalid_value
 from .jobs import JobContext, JobRunner, StopRequested
 from .security import MAX_UPLOAD_BYTES, check_upload_size, resolve_inside, safe_upload_name, sandbox_root
+
+# The form's defaults are the declared ones.
+MAX_SEQ_LENGTH: int = declared_default("max_seq_length")
+PRESET: Literal["quality", "fast"] = declared_default("preset")
 
 __all__ = ["METHODS", "Workspace"]
 
@@ -139,7 +144,7 @@ class Workspace:
         return self._tokenizers[name]
 
     def inspect_dataset(self, user_path: str, model: str | None, *, preview_rows: int = 2,
-                        max_seq_length: int = 2048) -> dict[str, Any]:
+                        max_seq_length: int = MAX_SEQ_LENGTH) -> dict[str, Any]:
         """Format, row count, the template preview (trained tokens marked) and the data report."""
         from ..data import load_examples
         from ..data.preview import preview_example
@@ -169,8 +174,9 @@ class Workspace:
                 "preview_tokens": total, "report": report_text, "notes": notes}
 
     # ---- training --------------------------------------------------------------------------------
-    def make_trainer(self, *, model: str | None, preset: Literal["quality", "fast"] = "quality",
-                     method: str = "LoRA", learning_rate: Any = None, max_seq_length: Any = 2048, output: Path | None = None) -> Any:
+    def make_trainer(self, *, model: str | None, preset: Literal["quality", "fast"] = PRESET,
+                     method: str = "LoRA", learning_rate: Any = None,
+                     max_seq_length: Any = MAX_SEQ_LENGTH, output: Path | None = None) -> Any:
         """A Trainer for the form's values; cheap (nothing loads), so bad combinations fail at once."""
         from .. import Trainer
 
