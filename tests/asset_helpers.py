@@ -1,4 +1,4 @@
-"""Test material from the registries (``backpropagate.testing.assets``), skipping with the reason when absent."""
+"""Test material from the registries (``support.assets``), skipping with the reason when absent."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from backpropagate.testing import assets
+from support import assets
 
 
 def asset_or_skip(fn: Any, *args: Any) -> Any:

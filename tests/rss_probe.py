@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from backpropagate.testing.memory import proc_status_bytes, settle_memory
+from support.memory import proc_status_bytes, settle_memory
 
 
 def measure(model_dir: str, data: str, out: str, seq_len: int, extra: dict) -> dict:

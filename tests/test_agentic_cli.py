@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from backpropagate.data.templates import IGNORE_INDEX
-from backpropagate.testing import assets, real_tokenizers
 from process_helpers import BACKPROP
+from support import assets, real_tokenizers
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather for a city.",
                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]

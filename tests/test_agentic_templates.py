@@ -23,7 +23,7 @@ from backpropagate.data.templates import (
     render_with_spans,
     tokenize_conversation,
 )
-from backpropagate.testing import assets, real_tokenizers
+from support import assets, real_tokenizers
 
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Current weather for a city.",

@@ -11,7 +11,7 @@ import pytest
 
 from backpropagate.data.formats import detect_format, to_examples
 from backpropagate.data.rowset import normalized_row
-from backpropagate.testing.assets import AssetUnavailable
+from support.assets import AssetUnavailable
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ REASONING = [{"messages": [{"role": "user", "content": f"What is {a} times {b}?"
 
 @pytest.fixture(scope="module")
 def qwen3_model() -> Path:
-    from backpropagate.testing.real_families import build_real_family_model
+    from support.real_families import build_real_family_model
 
     try:
         return build_real_family_model("qwen3")

@@ -32,8 +32,6 @@ PUBLIC_ANYWAY = {"_asdict": "namedtuple API", "_replace": "namedtuple API", "_fi
 ALLOWED: dict[tuple[str, str], str] = {
     ("src/backpropagate/training/sharding.py", "_no_split_modules"):
         "transformers states a model's decoder-layer classes only there (accelerate's FSDP wrap reads it too)",
-    ("src/backpropagate/testing/memory.py", "_python_dispatch"):
-        "TorchDispatchMode, the test-only memory meter's hook, has no public import path in torch",
 }
 
 

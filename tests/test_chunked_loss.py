@@ -13,12 +13,12 @@ from backpropagate import Trainer
 from backpropagate.data import load_examples, tokenize_examples
 from backpropagate.data.packing import collate, pack
 from backpropagate.demo import quickstart_path
-from backpropagate.testing.assets import AssetUnavailable
 from backpropagate.training.chunked_loss import forward_chunked, forward_packed, loss_head
+from support.assets import AssetUnavailable
 
 
 def _real_family(family: str) -> Path:
-    from backpropagate.testing.real_families import build_real_family_model
+    from support.real_families import build_real_family_model
 
     try:
         return build_real_family_model(family)

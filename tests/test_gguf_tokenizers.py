@@ -1,8 +1,8 @@
 """Our GGUF vocabularies, loaded by the real llama.cpp, tokenize exactly like the real Hugging Face tokenizers.
 
-Tokenizers, test strings and expected ids come from registry packages (see backpropagate.testing.assets):
+Tokenizers, test strings and expected ids come from registry packages (see support.assets):
 llama.cpp's own tokenizer test files (``ggml-vocab-*.gguf.inp`` / ``.out``), and real tokenizers with
-real chat templates for nine model families (backpropagate.testing.real_tokenizers).
+real chat templates for nine model families (support.real_tokenizers).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from backpropagate.errors import BackpropagateError  # noqa: E402
 from backpropagate.export.gguf_tokenizer import check_tokenizer, read_vocab  # noqa: E402
 from backpropagate.export.gguf_vocab_kind import GPT4O_REGEX, tokenizer_kind  # noqa: E402
 from backpropagate.export.parity import CONVERSATIONS, PLAIN_PROMPTS  # noqa: E402
-from backpropagate.testing import assets  # noqa: E402
-from backpropagate.testing.real_tokenizers import (  # noqa: E402
+from support import assets  # noqa: E402
+from support.real_tokenizers import (  # noqa: E402
     MISTRAL_V3_TEMPLATE,
     REAL_FAMILIES,
     tokenizer_dir,

@@ -137,7 +137,7 @@ def test_estimate_is_within_25_percent_of_the_measured_peak_rss(tmp_path: Path) 
 @_NEEDS_PROC
 def test_estimate_holds_at_a_151k_vocabulary_and_2048_token_rows(tmp_path: Path) -> None:
     """Where the logits dominate: the chunked loss (default) and the plain one, within 25 % each."""
-    from backpropagate.testing.memory import build_wide_vocab_model
+    from support.memory import build_wide_vocab_model
 
     model, data = build_wide_vocab_model(tmp_path, rows=12)
     chunked, plain = _probe(model, data, tmp_path / "out", 2048, [{}, {"chunked_loss": False}])

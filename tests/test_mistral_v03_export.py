@@ -32,8 +32,8 @@ from backpropagate.export.parity import (  # noqa: E402
     TOOL_CONVERSATION,
     ChatPrompt,
 )
-from backpropagate.testing.assets import AssetUnavailable  # noqa: E402
-from backpropagate.testing.real_tokenizers import MISTRAL_V03_HF_TEMPLATE, tokenizer_dir, write_vocab_gguf  # noqa: E402
+from support.assets import AssetUnavailable  # noqa: E402
+from support.real_tokenizers import MISTRAL_V03_HF_TEMPLATE, tokenizer_dir, write_vocab_gguf  # noqa: E402
 
 FAMILY = "mistral-v0.3-hf"
 ROWS = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
@@ -205,7 +205,7 @@ def test_what_llama_cpp_still_tokenizes_differently_is_refused(tmp_path: Path) -
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny random Mistral with this tokenizer, trained three steps through the public Trainer API."""
     from backpropagate import Trainer
-    from backpropagate.testing.real_families import build_real_family_model
+    from support.real_families import build_real_family_model
 
     try:
         model = build_real_family_model(FAMILY)

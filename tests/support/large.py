@@ -36,7 +36,7 @@ def build_random_llama(output_dir: str | Path, *, hidden: int = 768, layers: int
     from safetensors.numpy import save_file
     from transformers import LlamaConfig
 
-    from .factory import build_tiny_model
+    from backpropagate.testing.factory import build_tiny_model
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

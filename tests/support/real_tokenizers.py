@@ -181,7 +181,7 @@ def _build_smollm2(out: Path) -> None:
 
 
 def _build_qwen35(out: Path) -> None:
-    from ..export.gguf_vocab_kind import QWEN35_REGEX
+    from backpropagate.export.gguf_vocab_kind import QWEN35_REGEX
 
     table = _gguf_table(assets.llama_cpp_models() / "ggml-vocab-qwen35.gguf")
     pre = {"type": "Sequence", "pretokenizers": [
@@ -322,7 +322,7 @@ def write_vocab_gguf(folder: Path, out: Path, name: str = "vocab") -> Any:
     import gguf
     from transformers import AutoTokenizer
 
-    from ..export.gguf_tokenizer import add_vocab, read_vocab
+    from backpropagate.export.gguf_tokenizer import add_vocab, read_vocab
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     n_vocab = max(tokenizer.get_vocab().values()) + 1

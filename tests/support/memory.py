@@ -85,8 +85,8 @@ def build_wide_vocab_model(work: Path, vocab: int = 151_936, rows: int = 40) -> 
     """
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from . import build_tiny_tokenizer
-    from .corpus import corpus
+    from backpropagate.testing import build_tiny_tokenizer
+    from backpropagate.testing.corpus import corpus
 
     tok = build_tiny_tokenizer("llama")
     config = Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

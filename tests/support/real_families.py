@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backpropagate.testing.factory import default_cache_dir
+
 from .assets import build_once
-from .factory import default_cache_dir
 from .real_tokenizers import REAL_FAMILIES, tokenizer_dir
 
 #: Bump when the files written for the same arguments change, so stale caches are rebuilt.
