@@ -15,6 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .export.run_gguf import chat_with_gguf
+from .testing import build_tiny_model
+from .trainer import Trainer
 from .training.callbacks import TrainingCallback, TrainingRun
 
 DEMO_STEPS = 100
@@ -44,8 +47,6 @@ def run_demo(output_dir: str | Path = "./output/demo", *, steps: int | None = No
              report_to: str | list[str] | None = None) -> DemoResult:
     """Train, chat and (with the export extra) export. No experiment tracker reports unless ``report_to``
     or the environment (BACKPROPAGATE_TRAINING__REPORT_TO) names one: a first run should not open W&B."""
-    from .testing import build_tiny_model
-    from .trainer import Trainer
 
     steps = steps or DEMO_STEPS
     if on_start is not None:
@@ -77,7 +78,6 @@ def _export_and_chat(trainer: Any, question: str) -> tuple[Any, str | None]:
     """Export a verified q4_k_m GGUF and ask llama.cpp the same question (skipped without the extra)."""
     if not export_available():
         return None, None
-    from .export.run_gguf import chat_with_gguf
 
     result = trainer.export("gguf", quantization="q4_k_m", overwrite=True)
     return result, chat_with_gguf(result.path, question, max_tokens=32)

@@ -6,21 +6,26 @@ Below training and the data tools alike: both load models the same way (``trust_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .config import ModelSettings
 from .errors import BackpropagateError
 from .logs import redact
 
+if TYPE_CHECKING:  # torch loads when a model does, so the data tools start without it
+    import torch
+
 
 def pick_device() -> torch.device:
+    import torch
+
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def pick_dtype(device: torch.device) -> torch.dtype:
     """bf16 where the GPU supports it, fp32 on the CPU (CPU half precision is slow and inexact)."""
+    import torch
+
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32

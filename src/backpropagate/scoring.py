@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import declared_default
+from .data import load_examples, tokenize_examples
 from .errors import BackpropagateError, check_count
+from .export.merge import check_adapter, find_base, resolve_source
 from .logs import redact
+from .training.evaluation import held_out_totals
 
 MAX_SEQ_LENGTH: int = declared_default("max_seq_length")  # rows packed as training packs them
 
@@ -69,8 +72,6 @@ def evaluate(adapter: str | Path, data: Any, *, base: str | Path | None = None, 
     ``base`` replaces the base named in the adapter's ``adapter_config.json`` (needed when that name was
     redacted). Labels follow ``train_on_responses`` as in training: assistant replies only, by default.
     """
-    from .data import load_examples, tokenize_examples
-    from .export.merge import resolve_source
 
     check_count("max_seq_length", max_seq_length)
     check_count("batch_size", batch_size)
@@ -93,7 +94,6 @@ def _totals(model: Any, samples: list[Any], tokenizer: Any, adapter_on: bool, ma
             batch_size: int, progress: Any) -> tuple[float, int]:
     from contextlib import nullcontext
 
-    from .training.evaluation import held_out_totals
 
     switch = nullcontext() if adapter_on else model.disable_adapter()
     with switch:
@@ -106,7 +106,6 @@ def _load(source: Any, base: str | Path | None, trust_remote_code: bool) -> tupl
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .export.merge import check_adapter, find_base
 
     base_name = None
     if source.kind == "adapter":

@@ -8,14 +8,42 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .atomic import check_output_dir, check_output_location
-from .config import Settings, resolve_settings
+from .config import TRAINER_ARGS, Settings, resolve_settings
+from .continual.campaign import CampaignTools, run_campaign
 from .data.preview import RowPreview, preview
+from .data.reference import resolve_tokenizer
 from .errors import BackpropagateError, check_count
+from .export.hub import push_folder
+from .export.model_card import write_run_record
+from .export.outputs import check_output_path
+from .export.pipeline import ExportResult, export_model
+from .export.preflight import GgufSupport, gguf_support
+from .hardware import HardwareFacts, probe_hardware
 from .logs import bound_run, configure, get_logger, is_redacted, redact, redact_tree
 from .redaction import check_model_id
+from .storage.store import RunStore
+from .training.answers import check_sample_prompts, greedy_answer, has_adapter, sample_answers_before
 from .training.callbacks import TrainingCallback, TrainingRun
-from .training.parallel import Parallel, ProcessStrategy
+from .training.defaults import decide_defaults, degradation_knobs, degradation_line
+from .training.evaluation import EvalRequest, finish
+from .training.fit import check_fit, memory_plan
+from .training.methods import check_method
+from .training.output_lock import LOCK_FILE, run_folder_name
+from .training.parallel import Parallel, ProcessStrategy, check_strategy
+from .training.run import (
+    announce_rank,
+    load_data,
+    load_model,
+    loop_config,
+    open_session,
+    run_failures,
+    run_segment,
+    save_output,
+    share_checkpoint,
+    training_samples,
+)
 from .training.stop import RunControls
+from .training.tracking import TrackerHub
 
 if TYPE_CHECKING:
     from .training.loader import LoadedModel
@@ -76,8 +104,6 @@ class Trainer:
         deepspeed_config: str | Path | None = None,
         zero_stage: int | None = None,
     ) -> None:
-        from .training.methods import check_method
-        from .training.parallel import check_strategy
 
         args = {k: v for k, v in locals().items() if k not in {"self", "__class__", "check_method", "check_strategy"}}
         self.settings: Settings = resolve_settings(**args)
@@ -114,8 +140,6 @@ class Trainer:
         """
         import inspect
 
-        from .config import TRAINER_ARGS
-        from .storage.store import RunStore
 
         output = Path(output_dir) if output_dir is not None else resolve_settings().training.output_dir
         config = RunStore.for_output(output).get(run_id).config
@@ -134,12 +158,10 @@ class Trainer:
         On a GPU they are fitted to the card by the memory plan (``training.fit``): what changed and why
         is in the table and in ``.changes``.
         """
-        from .training.defaults import decide_defaults
 
         return decide_defaults(self.settings, hardware or self._hardware())
 
     def _hardware(self) -> Any:
-        from .hardware import probe_hardware
 
         return self.hardware or probe_hardware()
 
@@ -151,9 +173,6 @@ class Trainer:
         listed. ``vram_gb`` plans for a card of that size instead of this machine; ``seq_len`` defaults to
         ``max_seq_length`` and ``batch_size`` to the run's (smart-default) batch size.
         """
-        from .hardware import HardwareFacts
-        from .training.defaults import decide_defaults
-        from .training.fit import memory_plan
 
         facts = HardwareFacts.gpu(vram_gb, name=f"{vram_gb:g} GB card") if vram_gb else self._hardware()
         defaults = decide_defaults(self.settings, facts, seq_len=seq_len, batch_size=batch_size)
@@ -167,7 +186,6 @@ class Trainer:
 
     def gguf_support(self) -> Any:
         """Whether the model can be exported to GGUF, and why not (``export.preflight``); no weights read."""
-        from .export.preflight import GgufSupport, gguf_support
 
         try:
             return gguf_support(self.settings.model.name)
@@ -177,7 +195,6 @@ class Trainer:
     def load(self, defaults: Any = None) -> LoadedModel:
         """Load the model and tokenizer to train now (``train()`` does it itself), e.g. to inspect or hook the
         model first; once loaded it stays."""
-        from .training.run import load_model
 
         if self._loaded is None:
             self._loaded = load_model(self.settings, defaults or self.smart_defaults())  # applies fitted values
@@ -207,9 +224,6 @@ class Trainer:
         sensor and fault injection. ``sample_prompts``: each is answered greedily by the base model before
         the first step and by the tuned model after the last (``run.sample_answers``, ``show-run``).
         """
-        from .training.answers import check_sample_prompts
-        from .training.evaluation import EvalRequest
-        from .training.run import announce_rank, open_session, run_failures
 
         check_count("steps", steps)
         evaluation = EvalRequest.check(eval_data, eval_fraction, self.settings.training, curriculum=curriculum)
@@ -235,11 +249,6 @@ class Trainer:
     def _run(self, session: Any, callback: TrainingCallback, log: Any, *, force: bool,
              parallel: ProcessStrategy, prompts: list[str], evaluation: Any) -> TrainingRun:
         """One run, top to bottom: defaults -> data -> resume checks -> model -> loop -> save -> history."""
-        from .training.answers import sample_answers_before
-        from .training.defaults import degradation_knobs, degradation_line
-        from .training.evaluation import finish
-        from .training.run import load_data, loop_config, run_segment, share_checkpoint, training_samples
-        from .training.tracking import TrackerHub
 
         started, cfg = time.perf_counter(), self.settings.training
         defaults = self._start_up(log)
@@ -354,7 +363,6 @@ class Trainer:
         checkpoints like a single run, so a campaign stopped (``stop()``) or killed in run i resumes from
         run i's last one. ``controls`` as for ``train``. Returns a ``continual.campaign.MultiRunResult``.
         """
-        from .continual.campaign import CampaignTools, run_campaign
 
         check_output_dir(self.output_dir)
         self.controls = controls or self.controls
@@ -380,7 +388,6 @@ class Trainer:
     def _run_target(self, session: Any, parallel: ProcessStrategy, log: Any) -> Path:
         """The folder this run saves to: ``<output>/lora`` when it holds the output folder's lock, else its own
         ``lora-<id8>`` beside it (said once, at start), so it never replaces a live run's adapter."""
-        from .training.output_lock import LOCK_FILE, run_folder_name
 
         owned = parallel.broadcast(session.owns_output if parallel.is_main else None)
         target = self.output_dir / run_folder_name(self._save_folder_name(), session.run_id, owned)
@@ -397,7 +404,6 @@ class Trainer:
 
     def _check_memory(self, defaults: Any, log: Any) -> None:
         """On a GPU, before loading weights: refuse (or, with memory_check="warn", say) a plan that does not fit."""
-        from .training.fit import check_fit, memory_plan
 
         for warning in defaults.warnings:
             log.warning("smart_defaults_lowered_lora", change=warning)
@@ -430,7 +436,6 @@ class Trainer:
     def _write(self, target: Path, callback: TrainingCallback | None,
                state_dict: dict[str, Any] | None = None) -> Path:
         """``save`` itself; ``state_dict`` holds the gathered weights of a sharded model."""
-        from .training.run import save_output
 
         assert self._loaded is not None  # save() refuses, and train() loads, before this
         return save_output(self._loaded, target, callback, state_dict)
@@ -447,7 +452,6 @@ class Trainer:
                 text_column: str | None = None) -> RowPreview:
         """What row ``row`` of ``data`` becomes for this model, before training: the rendered text, the token
         ids and which of them are trained (``.segments``, ``.labels``). Loads the tokenizer only."""
-        from .data.reference import resolve_tokenizer
 
         tokenizer = self.tokenizer or resolve_tokenizer(self.settings.model.name,
                                                         trust_remote_code=self.settings.model.trust_remote_code)
@@ -462,7 +466,6 @@ class Trainer:
         once trained: STATE_NO_ADAPTER). Before training it loads the model and answers with the base
         model, saying so once per call, so "how did the base model answer this?" works at any time.
         """
-        from .training.answers import greedy_answer, has_adapter
 
         if self.last_run is None:
             self.load()
@@ -481,9 +484,6 @@ class Trainer:
 
         Outputs default to ``<output_dir>/gguf``, ``<output_dir>/merged`` and the saved adapter folder.
         """
-        from .export.model_card import write_run_record
-        from .export.outputs import check_output_path
-        from .export.pipeline import ExportResult, export_model
 
         if self.model is None:
             raise BackpropagateError("STATE_NOT_TRAINED", "there is no trained model to export yet.")
@@ -515,7 +515,6 @@ class Trainer:
 
     def _record_export(self, result: Any) -> None:
         """Add the export to the run's history row (``runs.get(id).details["exports"]``)."""
-        from .storage.store import RunStore
 
         if self.last_run is None:
             return
@@ -536,7 +535,6 @@ class Trainer:
 
         The token comes from ``token``, ``HF_TOKEN`` or ``hf auth login``; returns an ``export.hub.PushResult``.
         """
-        from .export.hub import push_folder
 
         if folder is None:
             if self.model is None:

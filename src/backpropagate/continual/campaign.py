@@ -20,11 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
+from ..data import load_examples, tokenize_examples
 from ..errors import BackpropagateError, check_count, invalid_value
 from ..logs import bound_run, get_logger, redact
+from ..storage.store import RunStore
 from ..training.callbacks import TrainingCallback, TrainingRun
 from ..training.output_lock import run_folder_name
+from ..training.parallel import world_from_env
+from ..training.resume import run_config
+from ..training.run import loop_config, run_failures, run_segment
+from ..training.session import RunSession
 from ..training.stop import RunControls
+from ..training.tracking import TrackerHub
 from .campaign_resume import find_campaign, resumed_arguments, stored_data
 from .campaign_state import (
     CampaignState,
@@ -35,7 +42,8 @@ from .campaign_state import (
     schedule_label,
     write_state,
 )
-from .forgetting import ForgettingReport
+from .forgetting import ForgettingReport, evaluate
+from .peft_bridge import lora_pairs, set_lora_pairs
 from .slao import SlaoState, merge_run, merge_weight, next_init
 
 MERGE_MODES = ("slao", "none")
@@ -109,7 +117,6 @@ def _check_arguments(settings: Any, num_runs: Any, steps_per_run: Any, merge_mod
 def _campaign_config(settings: Settings, slices: Sequence[RunSlice], loaded: Sequence[Any], names: Sequence[str],
                      steps_per_run: int, samples_per_run: int | None, merge_mode: str, eval_fraction: float,
                      schedule: Any, experimental: bool, format: str | None, text_column: str | None) -> dict:
-    from ..training.resume import run_config
 
     fingerprints = [d.fingerprint for d in loaded]
     config = run_config(settings, steps=steps_per_run * len(slices), data_path=names[0],
@@ -125,7 +132,6 @@ def _campaign_config(settings: Settings, slices: Sequence[RunSlice], loaded: Seq
 def _checked(tools: CampaignTools, dataset: Any, resume: Any, given: dict[str, Any]) -> tuple[dict, list, list]:
     """The campaign's arguments (a resumed campaign's own where None), checked before anything loads; its
     data sources; and the notes its report will carry."""
-    from ..training.parallel import world_from_env
 
     if world_from_env()[1] > 1:
         raise BackpropagateError("INPUT_INVALID_VALUE", "multi-run campaigns run in one process; this one was "
@@ -156,9 +162,6 @@ def run_campaign(tools: CampaignTools, dataset: Any = None, *, num_runs: int | N
                  resume: str | bool | None = None, force: bool = False, format: str | None = None,
                  text_column: str | None = None, callback: TrainingCallback | None = None) -> MultiRunResult:
     """The body of :meth:`backpropagate.Trainer.multi_run` (see there for the arguments)."""
-    from ..data import load_examples
-    from ..storage.store import RunStore
-    from ..training.session import RunSession
 
     log = get_logger()
     args, sources, notes = _checked(tools, dataset, resume, {
@@ -223,9 +226,6 @@ class _Campaign:
         self.trackers: Any = None
 
     def run(self, defaults: Any) -> MultiRunResult:
-        from ..data import tokenize_examples
-        from ..training.run import run_failures
-        from ..training.tracking import TrackerHub
 
         started, log = time.perf_counter(), self.log
         log.info("multi_run_started", run_id=self.run_id, runs=len(self.slices), merge_mode=self.merge_mode,
@@ -255,7 +255,6 @@ class _Campaign:
 
     # ---- state ------------------------------------------------------------------------------------
     def _start_state(self) -> CampaignState:
-        from .peft_bridge import lora_pairs
 
         session = self.session
         state = newest_good_state(self.run_dir, self.schedule, self.log) if session.resuming else None
@@ -283,9 +282,6 @@ class _Campaign:
     # ---- one run ----------------------------------------------------------------------------------
     def _one_run(self, i: int, state: CampaignState, tokenized: list, defaults: Any) -> CampaignState:
         """Run i as an ordinary run segment (its own step checkpoints), then merge, score and checkpoint."""
-        from ..training.run import loop_config, run_segment
-        from .forgetting import evaluate
-        from .peft_bridge import lora_pairs, set_lora_pairs
 
         log, model, settings = self.log, self.loaded.model, self.tools.settings
         train, _ = tokenized[i - 1]
@@ -335,7 +331,6 @@ class _Campaign:
 
     # ---- the end ----------------------------------------------------------------------------------
     def _finish(self, state: CampaignState, started: float) -> MultiRunResult:
-        from .peft_bridge import set_lora_pairs
 
         output_dir = self.tools.output_dir
         set_lora_pairs(self.loaded.model, state.slao.merged)

@@ -9,11 +9,12 @@ from typing import Any
 
 from ..errors import BackpropagateError, invalid_value
 from ..logs import is_redacted
+from ..storage.store import RunStore
+from ..training.resume import RESUMABLE, config_differences, pick_run
 
 
 def campaign_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """What differs between two campaign configs: the run settings and data, then the campaign arguments."""
-    from ..training.resume import config_differences
 
     diffs = config_differences(stored, current)
     old, new = stored.get("multi_run", {}), current.get("multi_run", {})
@@ -25,7 +26,6 @@ def campaign_differences(stored: dict[str, Any], current: dict[str, Any]) -> lis
 
 def find_campaign(store: Any, resume: str | bool | None, config: dict[str, Any], force: bool, log: Any) -> Any:
     """The history row to continue: the one named, else an unfinished one with this very configuration."""
-    from ..training.resume import RESUMABLE, pick_run
 
     if resume not in (None, False, True):
         record = pick_run(store, str(resume))
@@ -51,7 +51,6 @@ def find_campaign(store: Any, resume: str | bool | None, config: dict[str, Any],
 
 def stored_data(output_dir: Path, resume: Any) -> list[str]:
     """The datasets of the campaign being resumed, when the caller did not pass them again."""
-    from ..storage.store import RunStore
 
     record = RunStore.for_output(output_dir).get(str(resume))
     datasets = record.config.get("multi_run", {}).get("datasets")
@@ -73,7 +72,6 @@ def resumed_arguments(output_dir: Path, resume: Any, given: dict[str, Any]) -> d
     """Arguments left as None: the campaign's own when resuming one by id, else the defaults."""
     stored: dict[str, Any] = {}
     if resume not in (None, False, True):
-        from ..storage.store import RunStore
 
         stored = RunStore.for_output(output_dir).get(str(resume)).config.get("multi_run", {})
     out = {}

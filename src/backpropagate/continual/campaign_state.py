@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import file_sha256, write_dir_atomically
+from ..data.dedup import exact_duplicates
 from ..errors import BackpropagateError, invalid_value
 from .forgetting import ForgettingReport
 from .slao import Pair, SlaoState
@@ -112,7 +113,6 @@ def cut_slices(loaded: Sequence[Any], names: Sequence[str], *, num_runs: int, sa
 def _repeated_rows(chunks: Sequence[Sequence[Any]]) -> set[tuple[int, int]]:
     """(run, row) of every row whose normalized text occurs more than once in the campaign's data: never held
     out, so no held-out row is also trained on (a held-out row seen in training would score memory)."""
-    from ..data.dedup import exact_duplicates
 
     where = [(run, k) for run, rows in enumerate(chunks) for k in range(len(rows))]
     clusters = exact_duplicates([row for rows in chunks for row in rows]).clusters

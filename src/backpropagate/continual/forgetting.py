@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..atomic import write_file_atomically, write_text_atomically
+from ..data.packing import collate, pack
+from ..data.templates import IGNORE_INDEX
 from ..errors import BackpropagateError
 
 if TYPE_CHECKING:
@@ -289,8 +291,6 @@ def evaluate(model: torch.nn.Module, samples: Sequence[TokenizedSample], pad_tok
     """
     import torch
 
-    from ..data.packing import collate, pack
-    from ..data.templates import IGNORE_INDEX
 
     width = max([max_seq_length, *(len(s.input_ids) for s in samples)])  # never truncate a held-out sample
     rows = pack(samples, width, seed=None).rows

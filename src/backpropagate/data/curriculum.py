@@ -25,7 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackpropagateError, invalid_value
-from .rowset import Example, check_output_path, load_rowset, write_rows
+from .load import load_rows
+from .quality import TokenLength
+from .reference import resolve_tokenizer
+from .rowset import Example, check_output_path, example_text, load_rowset, write_rows
 
 __all__ = ["CurriculumResult", "bucket_paths", "curriculum_buckets", "curriculum_file", "curriculum_order",
            "difficulty_scores", "length_score", "load_scores", "training_order"]
@@ -52,12 +55,10 @@ def difficulty_scores(examples: Sequence[Example], *, scores: Sequence[float | N
             raise invalid_value("scores", f"{len(scores)} scores", f"one score per row ({len(examples)})")
         return [_finite_or_inf(getattr(s, "perplexity", s)) for s in scores]
     if tokenizer is not None:
-        from .quality import TokenLength
 
         counter = TokenLength(tokenizer, max_tokens=1 << 30)
         lengths = [counter.count(example) for example in examples]
     else:
-        from .rowset import example_text
 
         lengths = [len(example_text(example, with_roles=False).split()) for example in examples]
     return [length_score(n, _replies(e)) for n, e in zip(lengths, examples, strict=True)]
@@ -100,7 +101,6 @@ def load_scores(path: str | Path, rows: int) -> dict[int, float]:
     The file may belong to the perplexity run's input (one score per row) or to its output (the rows it
     kept, in order).
     """
-    from .load import load_rows
 
     records = load_rows(Path(path).expanduser())
     hint = "Use the .scores.jsonl that `backprop data perplexity` wrote for this dataset (its input or output)."
@@ -133,7 +133,6 @@ def training_order(data: Any, examples: Sequence[Example], lengths: Sequence[int
 
 
 def _difficulty_column(data: Any, rows: int) -> list[float] | None:
-    from .load import load_rows
 
     try:
         records = load_rows(data)
@@ -180,7 +179,6 @@ def curriculum_file(source: Any, output: str | Path, *, scores: str | Path | Non
                                                  what="bucket file"))
     perplexities = load_scores(scores, len(rowset)) if scores is not None else None
     if tokenizer is not None and perplexities is None:
-        from .reference import resolve_tokenizer
 
         tokenizer = resolve_tokenizer(tokenizer)
     difficulty = difficulty_scores(rowset.examples, scores=perplexities, tokenizer=tokenizer)

@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackpropagateError, invalid_value
+from .packing import collate, pack
+from .reference import load_reference_model
 from .rowset import Example, Progress, check_output_path, load_rowset, write_jsonl, write_rows
+from .templates import TokenizedSample, tokenize_conversation, tokenize_text
 
 __all__ = ["PerplexityResult", "PerplexityScore", "perplexity_file", "score_examples", "scores_path_for",
            "select_by_perplexity"]
@@ -63,7 +66,6 @@ def _score_batch(model: Any, rows: Sequence[Any], pad: int, lengths: list[int], 
     """Add each packed sample's summed token loss and token count of one batch into ``nll`` / ``counts``."""
     import torch
 
-    from .packing import collate
 
     batch = collate(list(rows), pad)
     owner = torch.full_like(batch["targets"], -1)
@@ -93,8 +95,6 @@ def score_examples(examples: Sequence[Example], model: Any, tokenizer: Any = Non
     """
     import torch
 
-    from .packing import pack
-    from .reference import load_reference_model
 
     if on not in SCORE_MODES:
         raise invalid_value("on", on, "'assistant' or 'all'")
@@ -136,7 +136,6 @@ def score_examples(examples: Sequence[Example], model: Any, tokenizer: Any = Non
 
 def _tokenize(examples: Sequence[Example], tokenizer: Any, on: str) -> tuple[list, dict[int, str]]:
     """Training-identical samples; a row the template refuses becomes an empty sample with its reason."""
-    from .templates import TokenizedSample, tokenize_conversation, tokenize_text
 
     samples, errors = [], {}
     for i, example in enumerate(examples):

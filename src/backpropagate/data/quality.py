@@ -18,7 +18,19 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import BackpropagateError, invalid_value
-from .rowset import Example, Progress, check_output_path, load_rowset, message_text, write_json, write_rows
+from .langid import detect_language
+from .reference import resolve_tokenizer
+from .rowset import (
+    Example,
+    Progress,
+    check_output_path,
+    example_text,
+    load_rowset,
+    message_text,
+    write_json,
+    write_rows,
+)
+from .templates import tokenize_conversation, tokenize_text
 
 __all__ = ["DEFAULT_FILTERS", "FILTER_NAMES", "EmptyMessages", "FilterReport", "FilterResult", "Language", "MissingAssistant",
            "Predicate", "QualityFilter", "Repetition", "TokenLength", "TurnCount", "apply_filters",
@@ -116,7 +128,6 @@ class TokenLength(QualityFilter):
     name: ClassVar[str] = "tokens"
 
     def __post_init__(self) -> None:
-        from .reference import resolve_tokenizer
 
         if self.min_tokens is None and self.max_tokens is None:
             raise BackpropagateError(
@@ -129,7 +140,6 @@ class TokenLength(QualityFilter):
 
     def count(self, example: Example) -> int:
         """Tokens of the example rendered with the tokenizer's chat template (raw text: bos + text + eos)."""
-        from .templates import tokenize_conversation, tokenize_text
 
         if isinstance(example, str):
             return len(tokenize_text(self.tokenizer, example).input_ids)
@@ -178,8 +188,6 @@ class Language(QualityFilter):
             raise invalid_value("min_score", self.min_score, "a number in [0, 1]")
 
     def check(self, example: Example) -> str | None:
-        from .langid import detect_language
-        from .rowset import example_text
 
         guess = detect_language(example_text(example, with_roles=False))
         if guess.lang == "und" or guess.lang in self.languages or guess.score < self.min_score:

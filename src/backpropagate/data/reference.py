@@ -9,21 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config import ModelSettings
+from ..models import load_model, load_tokenizer, pick_device, pick_dtype
+
 
 def resolve_tokenizer(tokenizer: Any, *, trust_remote_code: bool = False) -> Any:
     """``tokenizer`` itself, or the tokenizer loaded from a hub id / folder name."""
     if not isinstance(tokenizer, str):
         return tokenizer
-    from ..config import ModelSettings
-    from ..models import load_tokenizer
 
     return load_tokenizer(ModelSettings(name=tokenizer, trust_remote_code=trust_remote_code))
 
 
 def load_reference_model(name: str, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) of a causal LM for scoring: eval mode, on the GPU when there is one."""
-    from ..config import ModelSettings
-    from ..models import load_model, load_tokenizer, pick_device, pick_dtype
 
     settings = ModelSettings(name=name, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(settings)

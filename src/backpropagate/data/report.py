@@ -23,8 +23,11 @@ from typing import Any
 from ..config import declared_default
 from ..errors import invalid_value
 from .chat_template import template_traits
+from .dedup import deduplicate
+from .langid import detect_language
 from .preview import template_notes
-from .rowset import Progress, check_output_path, example_text, load_rowset
+from .quality import EmptyMessages, Language, MissingAssistant, Repetition, TokenLength, apply_filters
+from .rowset import Progress, check_output_path, example_text, load_rowset, write_atomically
 
 __all__ = ["DataReport", "build_report", "write_html"]
 
@@ -111,9 +114,6 @@ def build_report(source: Any, *, tokenizer: Any = None, max_seq_length: int | No
     otherwise words; ``languages`` adds the language filter (the language mix is always measured)."""
     import numpy as np
 
-    from .dedup import deduplicate
-    from .langid import detect_language
-    from .quality import EmptyMessages, Language, MissingAssistant, Repetition, TokenLength, apply_filters
 
     if max_seq_length is not None and (isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int)
                                        or max_seq_length < 1):
@@ -252,6 +252,5 @@ def write_html(report: DataReport, path: str | Path, *, overwrite: bool = False)
 <img alt="length histogram" src="data:image/png;base64,{image}">
 </body></html>
 """
-    from .rowset import write_atomically
 
     return write_atomically(target, lambda handle: handle.write(page))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomic import check_output_location, write_file_atomically
 from ..errors import BackpropagateError
 from .formats import Conversation, FormatReport, detect_format, to_examples
 from .load import read_rows
@@ -90,7 +91,6 @@ def check_output_path(output: str | Path, *, inputs: Iterable[Path | None] = (),
 
     ``inputs`` holds the source dataset first, then other files of the same command that it must not clobber.
     """
-    from ..atomic import check_output_location
 
     path = Path(output).expanduser()
     check_output_location(path, f"the {what}")
@@ -137,7 +137,6 @@ def write_json(path: Path, payload: Mapping) -> Path:
 
 def write_atomically(path: Path, fill: Callable[[Any], Any]) -> Path:
     """``fill(handle)`` writes UTF-8 text to ``path`` through a temp file swapped in at the end (reports use it too)."""
-    from ..atomic import write_file_atomically
 
     def write(partial: Path) -> None:
         with partial.open("w", encoding="utf-8") as handle:

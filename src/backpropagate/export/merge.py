@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_dir_atomically
 from ..errors import BackpropagateError
 from ..logs import redact
 
@@ -149,7 +150,6 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, *, base: str 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..atomic import write_dir_atomically
 
     source = resolve_source(adapter_dir)
     if source.kind != "adapter":

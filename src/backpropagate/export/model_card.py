@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text_atomically
 from ..logs import redact, redact_tree
 
 RUN_FILE = "training_run.json"
@@ -97,6 +98,5 @@ def write_run_record(folder: Path, run: Any) -> None:
     """Keep the run's facts beside an export so a later ``backprop push`` can describe it."""
     record = redact_tree(run_record(run))
     if record:
-        from ..atomic import write_text_atomically
 
         write_text_atomically(folder / RUN_FILE, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")

@@ -18,12 +18,21 @@ from typing import Any
 from ..atomic import scratch_dir
 from ..errors import BackpropagateError
 from ..logs import get_logger
+from .adapter_gguf import write_adapter_gguf
 from .gguf_writer import NUMPY_TYPES, load_config, write_gguf
-from .merge import ExportSource, find_base, local_model_dir, merge_adapter, resolve_source
+from .merge import ExportSource, check_adapter, find_base, local_model_dir, merge_adapter, resolve_source
 from .model_card import write_run_record
+from .ollama import build_modelfile, check_model_name, register, write_modelfile
+from .ollama_formats import TEMPLATES
 from .outputs import check_output_path
-from .quantize import DEFAULT_QUANTIZATION, LLAMA_CPP_TYPES, normalize_quantization, quantize_gguf
-from .verify import FAILED_MARK, REPORT_NAME, finish_report, full_precision_type, scratch_folder
+from .quantize import (
+    DEFAULT_QUANTIZATION,
+    LLAMA_CPP_TYPES,
+    normalize_quantization,
+    quantize_gguf,
+    require_llama_cpp,
+)
+from .verify import FAILED_MARK, REPORT_NAME, check_gguf, finish_report, full_precision_type, scratch_folder
 
 __all__ = ["FAILED_MARK", "FORMATS", "MODELFILE_NAME", "REPORT_NAME", "ExportResult", "export_model"]
 
@@ -139,7 +148,6 @@ def _export(source: str | Path, format: str, quantization: str, output: str | Pa
         check_output_path(base_target, overwrite=overwrite, what="base GGUF")
     target.parent.mkdir(parents=True, exist_ok=True)
     if quantization in LLAMA_CPP_TYPES or verify or ollama:
-        from .quantize import require_llama_cpp
 
         require_llama_cpp()
     log = get_logger()
@@ -159,7 +167,6 @@ def _export(source: str | Path, format: str, quantization: str, output: str | Pa
         written, full = _write_model_gguf(weights_dir, base_target or target, quantization, name, result.notes,
                                           keep if verify else None)
         if fmt == "gguf-adapter":
-            from .adapter_gguf import write_adapter_gguf
 
             write_adapter_gguf(src.path, weights_dir, target)
         log.info("export_written", path=str(target), quantization=quantization)
@@ -185,13 +192,11 @@ def _merge_scratch(adapter: Path, folder: Path, target: Path, **kwargs: Any) -> 
 def _check_request(src: ExportSource, fmt: str, ollama: bool, ollama_name: str | None) -> None:
     """Refuse what cannot work before anything slow runs."""
     if ollama:
-        from .ollama import check_model_name
 
         if fmt == "merged":
             raise BackpropagateError("INPUT_INVALID_VALUE", "--ollama needs a GGUF format, not merged.")
         check_model_name(ollama_name or "")
     if fmt != "merged" and (src.kind == "adapter" or fmt == "gguf-adapter"):
-        from .merge import check_adapter
 
         if src.kind != "adapter":
             raise BackpropagateError("INPUT_NOT_A_MODEL_DIR", f"{src.path} is a full model; gguf-adapter "
@@ -202,7 +207,6 @@ def _check_request(src: ExportSource, fmt: str, ollama: bool, ollama_name: str |
 def _verify(result: ExportResult, source: Path, reference: Path, weights_dir: Path, full: Path | None,
             name: str) -> None:
     """The parity check of the written file(s), export_report.json, and the failure mark (see .verify)."""
-    from .verify import check_gguf
 
     adapter = result.format == "gguf-adapter"
     model_file = result.base_gguf if adapter and result.base_gguf is not None else result.path
@@ -217,7 +221,6 @@ def _verify(result: ExportResult, source: Path, reference: Path, weights_dir: Pa
 
 def _write_sidecars(result: ExportResult, model_dir: Path, written: Any, stop_tokens: list[str],
                     system: str | None, num_ctx: int | None, run: Any) -> None:
-    from .ollama import build_modelfile, write_modelfile
 
     model_file = result.path if result.format == "gguf" else result.base_gguf
     assert model_file is not None, "a gguf-adapter export writes its base GGUF before the sidecars"
@@ -239,10 +242,8 @@ def _write_sidecars(result: ExportResult, model_dir: Path, written: Any, stop_to
 
 
 def _register(result: ExportResult, name: str) -> None:
-    from .ollama import register
 
     if result.modelfile is None:
-        from .ollama_formats import TEMPLATES
 
         why = next((n for n in result.notes if n.startswith("no Ollama TEMPLATE")), "")
         raise BackpropagateError("INPUT_TEMPLATE_UNTRANSLATABLE",

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..presets import find_model_preset, preset_for_hub_id
+from .gguf_arch import arch_spec, check_architecture
+from .gguf_tokenizer import check_tokenizer, check_tokenizer_kind
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,6 @@ def _local_dir(name: str) -> Path | None:
 
 def gguf_support(name: str, config: Any = None) -> GgufSupport:
     """Whether the model ``name`` (preset, local folder or hub id) can be exported to GGUF."""
-    from .gguf_arch import arch_spec, check_architecture
-    from .gguf_tokenizer import check_tokenizer, check_tokenizer_kind
 
     folder = _local_dir(name)
     preset = None if folder else (find_model_preset(name) or preset_for_hub_id(name))

@@ -21,6 +21,8 @@ import torch
 from ..config import LoraSettings
 from ..errors import BackpropagateError
 from ..logs import redact
+from ..presets import resolve_target_modules
+from .loftq import init_loftq
 
 
 @dataclass
@@ -58,7 +60,6 @@ def build_lora(model: Any, lora: LoraSettings, seed: int, *, model_name: str) ->
     """Wrap ``model`` in a LoRA (or DoRA) adapter initialised as ``lora.init_weights`` asks."""
     from peft import LoraConfig, get_peft_model
 
-    from ..presets import resolve_target_modules
 
     init: bool | Literal["pissa"] = "pissa" if lora.init_weights == "pissa" else True
     linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
@@ -80,7 +81,6 @@ def build_lora(model: Any, lora: LoraSettings, seed: int, *, model_name: str) ->
         raise
     init_dir = None
     if lora.init_weights == "loftq":
-        from .loftq import init_loftq
 
         init_loftq(peft_model, model_name)
     elif lora.init_weights == "pissa":

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..data.templates import end_of_turn_tokens
 from ..errors import BackpropagateError
 
 SAMPLE_MAX_NEW_TOKENS = 32  # short: a sample shows the change, it is not an evaluation
@@ -43,7 +44,6 @@ def greedy_answer(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: in
     generates (no dropout), the model's train/eval mode is restored after."""
     import torch
 
-    from ..data.templates import end_of_turn_tokens
 
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

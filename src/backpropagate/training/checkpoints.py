@@ -36,6 +36,8 @@ from ..atomic import write_dir_atomically
 from ..errors import BackpropagateError
 from .engine import FaultHook, LoopState
 from .rng import capture_rng, restore_rng, rng_from_saved, rng_tensors, rng_to_json
+from .sharding import load_full_state
+from .zero import load_partition, partition_name
 
 FORMAT_VERSION = 1
 CHECKPOINTS_DIR = "checkpoints"
@@ -299,7 +301,6 @@ def restore_into(state: LoopState, ckpt: LoadedCheckpoint, *, keep_batch: bool =
     strategy = state.parallel.strategy
     torch_optimizer = bool(ts.get("optimizer_saved", True)) and strategy != "deepspeed"
     if strategy == "fsdp":
-        from .sharding import load_full_state
 
         load_full_state(state.model, state.optimizer, ckpt.weights, ckpt.optimizer if torch_optimizer else None)
     else:  # one process, DDP, or DeepSpeed before its engine copies the weights
@@ -330,7 +331,6 @@ def restore_into(state: LoopState, ckpt: LoadedCheckpoint, *, keep_batch: bool =
 
 def _zero_partition(state: LoopState, ckpt: LoadedCheckpoint) -> dict[str, Any] | None:
     """This rank's DeepSpeed optimizer partition, if the checkpoint has one for this world size and stage."""
-    from .zero import load_partition, partition_name
 
     parallel = state.parallel
     if ckpt.trainer_state.get("zero") != {"world_size": parallel.world_size, "stage": parallel.zero_stage}:

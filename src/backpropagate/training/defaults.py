@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import TRAINER_ARGS, Settings, declared_default
+from ..errors import BackpropagateError
 from ..hardware import HardwareFacts, auto_batch_size
+from ..plan import GB, model_shape
 from ..presets import LORA_PRESETS
 from .fit import SAFETY_MARGIN, Fit, Knobs, fit_to_card
 
@@ -146,8 +148,6 @@ def decide_defaults(settings: Settings, facts: HardwareFacts, *, seq_len: int | 
 def _fit(settings: Settings, facts: HardwareFacts, knobs: Knobs, precision: str, checkpointing: bool, *,
          batch_free: bool, seq_len: int | None) -> tuple[Fit | None, Choice]:
     """Fit ``knobs`` to the card by the memory plan; without a readable model config, leave them."""
-    from ..errors import BackpropagateError
-    from ..plan import GB, model_shape
 
     try:
         shape = model_shape(settings.model.name, trust_remote_code=settings.model.trust_remote_code)

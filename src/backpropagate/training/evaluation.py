@@ -16,7 +16,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_file_atomically
+from ..data import load_examples, tokenize_examples
+from ..data.dedup import exact_duplicates
+from ..data.packing import collate, pack
+from ..data.rowset import example_text, normalize_text
 from ..errors import BackpropagateError, invalid_value
+from ..logs import redact
+from .checkpoints import list_checkpoints
+from .chunked_loss import forward_packed
+from .engine import LoopHooks
 
 AUTO_MIN_ROWS = 1000  # a dataset this large holds rows out by itself; a smaller one trains on every row
 AUTO_FRACTION = 0.05
@@ -74,7 +83,6 @@ class EvalRequest:
     def describe(self) -> dict[str, Any]:
         """The evaluation as the run's config stores it (after ``split``): a resume compares it and, when
         nothing else is asked, holds the same rows out."""
-        from ..logs import redact
 
         held = self.held_out.eval_examples if self.held_out is not None else []
         path = str(Path(self.eval_data).expanduser().resolve()) if isinstance(self.eval_data, str | Path) else None
@@ -84,7 +92,6 @@ class EvalRequest:
     def evaluator(self, loaded: Any, defaults: Any, training: Any, session: Any, log: Any, *,
                   distributed: bool = False) -> Evaluator | None:
         """The run's evaluator over the tokenized held-out rows (None without any)."""
-        from ..data import tokenize_examples
 
         if self.held_out is None or not self.held_out.enabled:
             return None
@@ -101,7 +108,6 @@ def rows_fingerprint(examples: list[Any]) -> str:
     """sha256 of the rows' normalized texts, in order: which rows a run holds out."""
     import hashlib
 
-    from ..data.rowset import example_text, normalize_text
 
     digest = hashlib.sha256()
     for example in examples:
@@ -128,7 +134,6 @@ def check_request(eval_data: Any, eval_fraction: float | None, *, curriculum: bo
 def hold_out(data: Any, *, eval_data: Any = None, eval_fraction: float | None = None, seed: int,
              require_assistant: bool, curriculum: bool = False, log: Any = None) -> HoldOut:
     """Split ``data`` (a ``data.LoadedData``) into training and held-out rows; coded errors before any load."""
-    from ..data import load_examples
 
     if eval_data is not None:
         held = load_examples(eval_data, require_assistant=require_assistant).examples
@@ -159,7 +164,6 @@ def _reason(split: HoldOut, rows: int) -> str:
 
 def _shared(train: list[Any], held: list[Any]) -> int:
     """How many held-out rows also occur (normalized) in the training rows: reported, not refused."""
-    from ..data.dedup import exact_duplicates
 
     clusters = exact_duplicates([*train, *held]).clusters
     return sum(1 for c in clusters if c[0] < len(train) for i in c if i >= len(train))
@@ -167,7 +171,6 @@ def _shared(train: list[Any], held: list[Any]) -> int:
 
 def _split(data: Any, fraction: float, seed: int, source: str) -> HoldOut:
     """A seeded share of the rows that occur once in the data; the rest trains."""
-    from ..data.dedup import exact_duplicates
 
     clusters = exact_duplicates(data.examples).clusters
     duplicated = {i for cluster in clusters for i in cluster}
@@ -225,7 +228,6 @@ class Evaluator:
 
     def wrap(self, hooks: Any) -> Any:
         """``hooks`` with this evaluation before each step's checkpoint, and restored after the checkpoint's."""
-        from .engine import LoopHooks
 
         inner_after, inner_restore = hooks.after_step, hooks.restore
 
@@ -276,7 +278,6 @@ class Evaluator:
         once a checkpoint no longer needs them: see ``_prune_best``)."""
         from safetensors.torch import save_file
 
-        from ..atomic import write_file_atomically
 
         self.best_weights = trainable(model)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -288,7 +289,6 @@ class Evaluator:
         """Delete best-weight files that neither the current state nor any kept checkpoint names."""
         import json
 
-        from .checkpoints import list_checkpoints
 
         needed = {self.best_step}
         for ref in list_checkpoints(self.run_dir):
@@ -347,8 +347,6 @@ def held_out_totals(model: Any, samples: list[Any], pad_token_id: int, *, max_se
     is called after each batch."""
     import torch
 
-    from ..data.packing import collate, pack
-    from .chunked_loss import forward_packed
 
     width = max([max_seq_length, *(len(s.input_ids) for s in samples)])
     rows = pack(samples, width, seed=None).rows

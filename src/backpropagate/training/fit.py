@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
 from ..errors import BackpropagateError
+from ..plan import GB, PlanSettings, estimate, make_plan, model_shape
 from ..presets import LORA_PRESETS
 
 if TYPE_CHECKING:
@@ -75,7 +76,6 @@ def method_for(settings: Settings, load_in_4bit: bool) -> str:
 def plan_settings(settings: Settings, knobs: Knobs, *, precision: str, checkpointing: bool, device: str,
                   seq_len: int | None = None) -> Any:
     """The memory plan's settings for ``knobs`` (plus what the fitting does not move)."""
-    from ..plan import PlanSettings
 
     return PlanSettings(method=method_for(settings, knobs.load_in_4bit), lora_r=knobs.lora_r,
                         target_modules=knobs.target_modules, lora_dropout=settings.lora.dropout,
@@ -139,7 +139,6 @@ def fit_to_card(settings: Settings, shape: ModelShape, start: Knobs, capacity_by
 
     None does: the first that fits the card at all ("tight"), else the leanest ("does not fit").
     """
-    from ..plan import estimate
 
     tried: list[tuple[Knobs, int, str]] = []
     for stage, moved in _stages(settings, start, bitsandbytes=bitsandbytes):
@@ -187,7 +186,6 @@ def _explain(settings: Settings, shape: ModelShape, start: Knobs, chosen: Knobs,
 
 def memory_plan(settings: Settings, defaults: Any, *, seq_len: int | None = None) -> MemoryPlan:
     """The plan of the run ``defaults`` describe (their hardware, their chosen knobs)."""
-    from ..plan import GB, make_plan, model_shape
 
     facts: HardwareFacts = defaults.hardware
     if facts.device == "cuda":

@@ -13,8 +13,12 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import BackpropagateError
+from ..models import load_model, load_tokenizer
+from ..plan import check_full_finetune_size
+from .adapters import build_full, build_lora, enable_gradient_checkpointing
 from .defaults import RunDefaults
 from .methods import check_dependencies, check_method
+from .unsloth_backend import load_with_unsloth, unsupported_reason
 
 
 @dataclass
@@ -38,7 +42,6 @@ def try_unsloth(settings: Settings, defaults: RunDefaults) -> tuple[LoadedModel 
 
     A failure (import or loader) with ``unsloth_fallback=False`` is DEP_UNSLOTH_UNAVAILABLE.
     """
-    from .unsloth_backend import load_with_unsloth, unsupported_reason
 
     if not settings.model.use_unsloth:
         return None, []
@@ -67,9 +70,6 @@ def load_for_training(settings: Settings, defaults: RunDefaults) -> LoadedModel:
     """
     import torch
 
-    from ..models import load_model, load_tokenizer
-    from ..plan import check_full_finetune_size
-    from .adapters import build_full, build_lora, enable_gradient_checkpointing
 
     settings = defaults.apply(settings)
     check_method(settings)

@@ -10,6 +10,7 @@ from typing import Literal, TypedDict
 
 from ..config import Settings
 from ..errors import BackpropagateError, invalid_value
+from .defaults import needs_bitsandbytes
 
 DORA_MIN_PEFT = "0.10.0"
 QLORA_HINT = "pip install backpropagate[qlora]"
@@ -46,7 +47,6 @@ def check_method(settings: Settings) -> None:
 
 def check_dependencies(settings: Settings, optim: str) -> None:
     """The extras and versions the chosen method and optimizer need are installed."""
-    from .defaults import needs_bitsandbytes
 
     if settings.model.load_in_4bit:
         require_bitsandbytes("QLoRA (load_in_4bit=True)")

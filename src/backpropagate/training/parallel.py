@@ -20,6 +20,18 @@ from typing import Any
 
 from ..config import declared_default
 from ..errors import BackpropagateError
+from .sharding import check_fsdp, gather_full_state, shard_fsdp
+from .zero import (
+    backward,
+    check_zero,
+    engine_config,
+    full_weights,
+    initialize,
+    load_config,
+    partition_name,
+    restore_partition,
+    save_partition,
+)
 
 
 def world_from_env() -> tuple[int, int, int]:
@@ -125,7 +137,6 @@ class Parallel:
         strategy = training.strategy if training is not None else "ddp"
         deepspeed = None
         if strategy == "deepspeed":
-            from .zero import load_config
 
             deepspeed = load_config(training.deepspeed_config, training.zero_stage)
         return cls(_accelerator=_new_accelerator(), rank=rank, world_size=world, local_rank=local_rank,
@@ -154,7 +165,6 @@ class Parallel:
         """The model as the loop should call it: DistributedDataParallel around the same parameters, or
         the model itself sharded in place (FSDP). The optimizer is built after this."""
         if self.strategy == "fsdp":
-            from .sharding import shard_fsdp
 
             return shard_fsdp(model, self.world_size)
         return self.accelerator.prepare_model(model)
@@ -165,7 +175,6 @@ class Parallel:
         the weights it partitions)."""
         import torch
 
-        from .zero import engine_config, initialize
 
         bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters())
         config = engine_config(self.deepspeed or {}, micro_batch=micro_batch, accumulation=accumulation,
@@ -173,13 +182,11 @@ class Parallel:
         return initialize(model, optimizer, scheduler, config)
 
     def restore_engine(self, engine: Any, partition: dict[str, Any]) -> None:
-        from .zero import restore_partition
 
         restore_partition(engine, partition, rank=self.rank, world_size=self.world_size)
 
     def backward(self, engine: Any, loss: Any) -> None:
         """One micro-batch's backward through DeepSpeed's engine (which also steps when the window ends)."""
-        from .zero import backward
 
         backward(engine, loss)
 
@@ -188,7 +195,6 @@ class Parallel:
         by its name in the checkpoint (for rank 0 to move in). Nothing to stage for DDP and FSDP."""
         if self.strategy != "deepspeed":
             return {}
-        from .zero import partition_name, save_partition
 
         save_partition(engine, staging / partition_name(self.rank))
         self.barrier()
@@ -198,10 +204,8 @@ class Parallel:
         """Full trainable weights (and optimizer state, except DeepSpeed's) of a sharded model, on rank 0;
         every rank calls it."""
         if self.strategy == "deepspeed":
-            from .zero import full_weights
 
             return full_weights(model, main=self.is_main), None
-        from .sharding import gather_full_state
 
         return gather_full_state(model, optimizer)
 
@@ -224,11 +228,9 @@ class Parallel:
 def check_strategy(settings: Any) -> None:
     """Refuse, before any weight loads, what the chosen multi-process strategy cannot train."""
     if settings.training.strategy == "fsdp":
-        from .sharding import check_fsdp
 
         check_fsdp(settings)
     elif settings.training.strategy == "deepspeed":
-        from .zero import check_zero
 
         check_zero(settings)
 

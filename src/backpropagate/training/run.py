@@ -15,13 +15,17 @@ from typing import Any
 
 from ..atomic import write_dir_atomically
 from ..config import Settings
+from ..data import load_examples, tokenize_examples
 from ..data.chat_template import template_traits
+from ..data.curriculum import training_order
 from ..data.formats import Conversation
 from ..data.preview import template_notes
 from ..errors import BackpropagateError
 from ..logs import configure, redact
+from .adapters import save_trained
 from .callbacks import TrainingCallback
 from .defaults import RunDefaults
+from .engine import LoopConfig, train_loop
 from .loader import LoadedModel, load_for_training
 from .parallel import ProcessStrategy
 from .session import RunSession
@@ -48,7 +52,6 @@ def announce_rank(parallel: ProcessStrategy, log: Any) -> None:
 
 def load_data(session: RunSession, defaults: RunDefaults, log: Any) -> Any:
     """The session's dataset, read and its format detected (a ``data.LoadedData``)."""
-    from ..data import load_examples
 
     loaded = load_examples(session.data, require_assistant=defaults.train_on_responses, format=session.format,
                            text_column=session.text_column)
@@ -71,7 +74,6 @@ def load_model(settings: Settings, defaults: RunDefaults) -> LoadedModel:
 def training_samples(tokenizer: Any, data: Any, defaults: RunDefaults, *, curriculum: bool = False,
                      source: Any = None, log: Any = None) -> list[Any]:
     """The tokenized samples in training order: as read, or easy to hard with ``curriculum``."""
-    from ..data import tokenize_examples
 
     samples = tokenize_examples(tokenizer, data.examples, train_on_responses=defaults.train_on_responses)
     if log is not None and any(isinstance(e, Conversation) for e in data.examples):
@@ -79,7 +81,6 @@ def training_samples(tokenizer: Any, data: Any, defaults: RunDefaults, *, curric
             log.warning("chat_data", note=note)
     if not curriculum:
         return samples
-    from ..data.curriculum import training_order
 
     order = training_order(source, data.examples, [len(s.input_ids) for s in samples])
     if log is not None:
@@ -89,7 +90,6 @@ def training_samples(tokenizer: Any, data: Any, defaults: RunDefaults, *, curric
 
 def loop_config(settings: Settings, defaults: RunDefaults, *, steps: int, seed: int, shuffle: bool = True) -> Any:
     """The loop settings of one run (an ``engine.LoopConfig``): the user's plus the smart defaults."""
-    from .engine import LoopConfig
 
     cfg = settings.training
     return LoopConfig(
@@ -106,7 +106,6 @@ def run_segment(session: RunSession, loaded: LoadedModel, samples: Sequence[Any]
     """Train ``loop.steps`` steps under ``session``: resume from its checkpoint, checkpoint every
     ``save_steps``, thermal and stop checks after each step, OOM recovery; returns an ``engine.LoopResult``.
     An ``evaluation.Evaluator`` scores the held-out rows before each step's checkpoint (and may stop early)."""
-    from .engine import train_loop
 
     hooks = session.loop_hooks(loaded.model, callback=callback, log=log, controls=controls)
     if evaluator is not None:
@@ -120,7 +119,6 @@ def save_output(loaded: LoadedModel, target: Path, callback: TrainingCallback | 
                 state_dict: dict[str, Any] | None = None) -> Path:
     """Write the adapter (or the whole model) and the tokenizer to ``target``, atomically; ``state_dict``
     holds the gathered weights of a sharded model. PiSSA adapters are saved as plain LoRA."""
-    from .adapters import save_trained
 
     def write(folder: Path) -> None:
         save_trained(loaded.model, loaded.tokenizer, folder, init_adapter_dir=loaded.init_adapter_dir,

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .guards import ThermalGuard
+
 if TYPE_CHECKING:
     from .guards import ThermalGuard
 
@@ -82,7 +84,6 @@ class RunControls:
 
     def thermal_guard(self, training: Any, device: Any) -> ThermalGuard:
         """The guard of one run: the given one, one reading ``temperature``, else NVML (off on the CPU)."""
-        from .guards import ThermalGuard
 
         if isinstance(self.temperature, ThermalGuard):
             return self.temperature

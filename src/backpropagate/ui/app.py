@@ -15,7 +15,9 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from .views import RUN_COLUMNS, error_markdown, job_markdown, loss_rows, run_text, runs_table
+from ..export.quantize import QUANTIZATIONS
+from ..presets import LORA_PRESETS, MODEL_PRESETS
+from .views import RUN_COLUMNS, diff_text, error_markdown, job_markdown, loss_rows, run_text, runs_table
 from .workspace import DATA_SUFFIXES, MAX_SEQ_LENGTH, METHODS, PRESET, Workspace
 
 __all__ = ["build_app"]
@@ -51,7 +53,6 @@ def build_app(ws: Workspace) -> Any:
     """The Blocks app for ``ws`` (not launched)."""
     import gradio as gr
 
-    from ..presets import MODEL_PRESETS
 
     models = list(dict.fromkeys([ws.default_model, *(p.key for p in MODEL_PRESETS)]))
     with gr.Blocks(title="backpropagate", analytics_enabled=False) as demo:
@@ -122,7 +123,6 @@ def _train_layout(ws: Workspace, models: list[str]) -> SimpleNamespace:
     """The Train tab: one fine-tuning run, with its memory plan."""
     import gradio as gr
 
-    from ..presets import LORA_PRESETS
 
     with gr.Tab("Train", id="train"):
         with gr.Row():
@@ -152,7 +152,6 @@ def _multi_run_layout(ws: Workspace, models: list[str]) -> SimpleNamespace:
     """The Multi-run tab: a campaign of runs and its forgetting report."""
     import gradio as gr
 
-    from ..presets import LORA_PRESETS
 
     with gr.Tab("Multi-run", id="multi-run"):
         data = gr.Textbox(label="Datasets, one path per line (one file: cut into runs)", lines=3,
@@ -178,7 +177,6 @@ def _export_layout(ws: Workspace) -> SimpleNamespace:
     """The Export tab: a completed run to GGUF or merged weights, optionally into Ollama."""
     import gradio as gr
 
-    from ..export.quantize import QUANTIZATIONS
 
     with gr.Tab("Export", id="export"):
         with gr.Row():
@@ -320,7 +318,6 @@ def _wire_runs(ws: Workspace, rn: SimpleNamespace) -> None:
         return "", run_text(record), ws.plot({record.run_id[:8]: record.loss_history}, f"run-{record.run_id[:8]}")
 
     def on_diff(a: str, b: str) -> tuple[Any, ...]:
-        from .views import diff_text
 
         d = ws.diff_runs(a, b)
         plot = ws.plot({d.a.run_id[:8]: d.a.loss_history, d.b.run_id[:8]: d.b.loss_history},

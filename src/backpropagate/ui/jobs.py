@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import BackpropagateError
+from ..errors import CATALOG, BackpropagateError
+from ..logs import redact
 
 __all__ = ["JobContext", "JobRunner", "JobState", "StopRequested", "error_text"]
 
@@ -28,8 +29,6 @@ class StopRequested(KeyboardInterrupt):
 
 def error_text(exc: BaseException) -> tuple[str, str, str]:
     """(code, message, hint) for any failure; unexpected ones become RUNTIME_UNEXPECTED, secrets redacted."""
-    from ..errors import CATALOG
-    from ..logs import redact
 
     if isinstance(exc, BackpropagateError):
         return exc.code, redact(exc.message), redact(exc.hint or "")
@@ -96,7 +95,6 @@ class JobContext:
         self._runner.update(lambda state: state.metrics.append(point))
 
     def say(self, line: str) -> None:
-        from ..logs import redact
 
         def append(state: JobState) -> None:
             state.log.append(redact(line))

@@ -23,6 +23,7 @@ from pathlib import Path, PureWindowsPath
 
 from ..atomic import SYSTEM_DIRS, check_output_location
 from ..errors import BackpropagateError
+from ..logs import get_logger
 
 DEFAULT_SANDBOX = "~/.backpropagate/ui-outputs"
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
@@ -84,7 +85,6 @@ def read_auth_file(path: str | os.PathLike[str]) -> str:
     except (ValueError, BackpropagateError):  # UnicodeDecodeError is a ValueError
         raise _auth_file_error(file, "must hold one line user:password (both non-empty)") from None
     if os.name == "posix" and mode & 0o077:
-        from ..logs import get_logger
 
         get_logger().warning("auth_file_permissions", path=str(file), mode=oct(mode & 0o777),
                              hint=f"run chmod 600 {file} so that only you can read the UI credentials")

@@ -6,6 +6,7 @@ import re
 import time
 from typing import Any
 
+from ..runs.describe import describe
 from .jobs import JobState, error_text
 
 __all__ = ["diff_text", "error_markdown", "job_markdown", "loss_rows", "run_text", "runs_table"]
@@ -95,7 +96,6 @@ def runs_table(records: list[Any], root: Any) -> list[list[Any]]:
 
 def run_text(r: Any) -> str:
     """A run's details, exactly as ``backprop show-run`` prints them."""
-    from ..runs.describe import describe
 
     return describe(r)
 

@@ -15,9 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from .. import Trainer, TrainingCallback, runs
 from ..atomic import write_file_atomically
-from ..config import declared_default
+from ..config import declared_default, resolve_settings
+from ..data import load_examples
+from ..data.preview import preview_example
+from ..data.reference import resolve_tokenizer
 from ..errors import BackpropagateError, invalid_value
+from ..export.pipeline import export_model
+from ..presets import find_model_preset
+from ..storage.store import HISTORY_FILE
+from ..training.stop import RunInterrupted
 from .jobs import JobContext, JobRunner, StopRequested
 from .security import MAX_UPLOAD_BYTES, check_upload_size, resolve_inside, safe_upload_name, sandbox_root
 
@@ -62,7 +70,6 @@ class Workspace:
         self.root = sandbox_root(root if root is not None else os.environ.get("BACKPROPAGATE_UI__OUTPUT_DIR"))
         self.root.mkdir(parents=True, exist_ok=True)
         if default_model is None:
-            from ..config import resolve_settings
 
             default_model = resolve_settings().model.name
         self.default_model = default_model
@@ -91,7 +98,6 @@ class Workspace:
 
     def model_name(self, value: str | None) -> str:
         """A preset, a hub id, or a local folder, which must lie inside the sandbox like every other path."""
-        from ..presets import find_model_preset
 
         name = (value or "").strip() or self.default_model
         if name == self.default_model or find_model_preset(name) is not None:
@@ -136,7 +142,6 @@ class Workspace:
 
     # ---- dataset page ----------------------------------------------------------------------------
     def tokenizer(self, model: str) -> Any:
-        from ..data.reference import resolve_tokenizer
 
         name = self.model_name(model)
         if name not in self._tokenizers:
@@ -146,8 +151,6 @@ class Workspace:
     def inspect_dataset(self, user_path: str, model: str | None, *, preview_rows: int = 2,
                         max_seq_length: int = MAX_SEQ_LENGTH) -> dict[str, Any]:
         """Format, row count, the template preview (trained tokens marked) and the data report."""
-        from ..data import load_examples
-        from ..data.preview import preview_example
 
         path = self.dataset_path(user_path)
         loaded = load_examples(str(path), require_assistant=False)
@@ -178,7 +181,6 @@ class Workspace:
                      method: str = "LoRA", learning_rate: Any = None,
                      max_seq_length: Any = MAX_SEQ_LENGTH, output: Path | None = None) -> Any:
         """A Trainer for the form's values; cheap (nothing loads), so bad combinations fail at once."""
-        from .. import Trainer
 
         if method not in METHODS:
             raise invalid_value("method", method, ", ".join(METHODS))
@@ -201,7 +203,6 @@ class Workspace:
     def start_training(self, *, dataset: str, steps: Any, eval_fraction: Any = None, **form: Any) -> str:
         """Start one training run in the background; returns the output folder (relative). ``eval_fraction``
         0 or empty: the automatic hold-out (5 % of a dataset of 1000+ rows)."""
-        from .. import TrainingCallback
 
         data = self.dataset_path(dataset)
         steps = _positive_int("steps", steps)
@@ -224,7 +225,6 @@ class Workspace:
     def start_multi_run(self, *, datasets: str, num_runs: Any, steps_per_run: Any, samples_per_run: Any = None,
                         **form: Any) -> str:
         """Start a multi-run (SLAO) campaign: several files (one per run) or one file in chunks."""
-        from .. import TrainingCallback
 
         paths = [str(self.dataset_path(line)) for line in datasets.splitlines() if line.strip()]
         if not paths:
@@ -251,7 +251,6 @@ class Workspace:
     def _train_stoppable(self, ctx: JobContext, trainer: Any, output: Path, train: Callable[[], Any]) -> Any:
         """``train()`` (a ``trainer.train`` or ``multi_run`` call) with the page's Stop wired to ``trainer.stop()``:
         a checkpoint, then ``stopped``."""
-        from ..training.stop import RunInterrupted
 
         ctx.on_stop(lambda: trainer.stop("Stop pressed in the UI"))
         try:
@@ -263,31 +262,26 @@ class Workspace:
 
     # ---- runs ------------------------------------------------------------------------------------
     def output_dirs(self) -> list[Path]:
-        from ..storage.store import HISTORY_FILE
 
         base = self.root / "runs"
         return sorted(p.parent for p in base.glob(f"*/{HISTORY_FILE}")) if base.is_dir() else []
 
     def list_runs(self) -> list[Any]:
         """Every run recorded in the sandbox, newest first."""
-        from .. import runs
 
         return runs.list(self.output_dirs())
 
     def get_run(self, run_id: str) -> Any:
         """A sandbox run by id or unique prefix: ``runs.get`` over the sandbox's output folders."""
-        from .. import runs
 
         return runs.get(run_id, self.output_dirs())
 
     def diff_runs(self, a: str, b: str) -> Any:
         """``runs.diff`` of two sandbox runs (ids or prefixes), wherever in the sandbox each was trained."""
-        from .. import runs
 
         return runs.diff(a, b, self.output_dirs())
 
     def plot(self, series: dict[str, list[float]], name: str) -> str | None:
-        from .. import runs
 
         series = {k: v for k, v in series.items() if v}
         if not series:
@@ -298,7 +292,6 @@ class Workspace:
 
     def start_resume(self, run_id: str) -> str:
         """Finish an interrupted run (or campaign) from its last checkpoint, in the background."""
-        from .. import TrainingCallback, runs
 
         record = self.get_run(run_id)
         output = Path(record.output_dir)
@@ -325,7 +318,6 @@ class Workspace:
     def start_export(self, run_id: str, *, format: str = "gguf", quantization: str = "q4_k_m",
                      ollama: bool = False, ollama_name: str | None = None, overwrite: bool = False) -> str:
         """Export a sandbox run's adapter (GGUF with parity check, adapter GGUF, merged) in the background."""
-        from ..export.pipeline import export_model
 
         record = self.get_run(run_id)
         if record.status != "completed" or not record.output_path:
