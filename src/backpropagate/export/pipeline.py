@@ -237,6 +237,8 @@ def _write_sidecars(result: ExportResult, model_dir: Path, written: Any, stop_to
     else:
         result.modelfile = write_modelfile(modelfile, result.path.with_name(MODELFILE_NAME))
         result.modelfile_spec = modelfile
+        if modelfile.template_note:  # tool calls / thinking: verified for Ollama, or why not
+            result.notes.append(f"Ollama TEMPLATE: {modelfile.template_note}")
     if run is not None:
         write_run_record(result.path.parent, run)
 
