@@ -201,3 +201,10 @@ def test_no_assistant_turn() -> None:
     assert prompts[1].messages == ({"role": "user", "content": "q"},)
     chat = [{"text": "<|im_start|>user\nq<|im_end|>"}]
     error("INPUT_NO_ASSISTANT_TURN", convert, chat)
+
+
+def test_a_misspelled_key_is_named() -> None:
+    err = error("INPUT_UNKNOWN_FORMAT", detect_format, [{"instruction": "Add 2 and 2.", "ouput": "4"}])
+    assert "`ouput` looks like a misspelled `output`" in err.message
+    err = error("INPUT_UNKNOWN_FORMAT", detect_format, [{"question": "q", "answer": "a"}])
+    assert "misspelled" not in err.message  # nothing near a known key: only the keys are listed

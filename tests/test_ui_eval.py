@@ -3,6 +3,7 @@ one, and the run details (one formatter with ``show-run``) show the eval loss an
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,8 @@ def test_training_job_charts_the_eval_loss(tmp_path: Path, tiny_llama: Path) -> 
     text = run_text(record)
     assert text == describe(record) and f"step 4: {history[0][1]:.4f}" in text
     assert "before / after" in text and "before:" in text  # prompts from the held-out rows by default
+    rate = next(line for line in text.splitlines() if line.startswith("tokens_per_second"))
+    assert re.fullmatch(r"tokens_per_second \d+\.\d", rate), rate  # 742.9, not 742.9197897206385
 
 
 def test_a_zero_share_is_the_automatic_hold_out(tmp_path: Path, tiny_llama: Path) -> None:

@@ -8,6 +8,7 @@ knows one shape; message text is kept exactly as given.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -423,7 +424,22 @@ def _describe(row: Mapping, column: str) -> str:
         if key in row and not isinstance(row[key], kind):
             what = "a string" if kind is str else "a list"
             return f"its `{key}` value is {_type_name(row[key])}, expected {what}; its keys: {_keys(row)}"
-    return f"its keys: {_keys(row)}"
+    return f"its keys: {_keys(row)}{_near_key(row, column)}"
+
+
+#: The keys the formats read, for "did you mean": a misspelled one is the usual reason a row fits none.
+_KNOWN_KEYS = ("conversations", "messages", "instruction", "input", "output", "system", "history", "tools", "text")
+
+
+def _near_key(row: Mapping, column: str) -> str:
+    """A note on the first key that is a near miss of a known one (`ouput` for `output`), else ""."""
+    known = (*_KNOWN_KEYS, column)
+    for key in row:
+        if isinstance(key, str) and key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+            if close:
+                return f"; `{key}` looks like a misspelled `{close[0]}`"
+    return ""
 
 
 def _type_name(value: Any) -> str:

@@ -45,7 +45,7 @@ def _summary(r: RunRecord) -> list[str]:
              f"started     {r.started_at}   ended {r.ended_at or '-'}"]
     if r.error_message:
         lines.append(f"error       {r.error_message}")
-    lines += [f"{key:<11} {r.details[key]}" for key in ("replay_of", "tokens_trained", "tokens_per_second")
+    lines += [f"{key:<11} {_number(r.details[key])}" for key in ("replay_of", "tokens_trained", "tokens_per_second")
               if r.details.get(key) is not None]
     replaced = f"  (replaced by run {r.details['replaced_by'][:8]})" if r.details.get("replaced_by") else ""
     lines.append(f"adapter     {r.output_path or '-'}{replaced}")
@@ -91,3 +91,8 @@ def _campaign(r: RunRecord) -> str:
     if r.details.get("forgetting", {}).get("accuracy"):
         lines.append(ForgettingReport.from_json(json.dumps(r.details["forgetting"])).to_text())
     return "\n".join(lines)
+
+
+def _number(value: object) -> object:
+    """A measured rate reads as 742.9, not 742.9197897206385."""
+    return f"{value:.1f}" if isinstance(value, float) else value
