@@ -104,8 +104,7 @@ class Trainer:
         deepspeed_config: str | Path | None = None,
         zero_stage: int | None = None,
     ) -> None:
-
-        args = {k: v for k, v in locals().items() if k not in {"self", "__class__", "check_method", "check_strategy"}}
+        args = {k: v for k, v in locals().items() if k not in {"self", "__class__"}}
         self.settings: Settings = resolve_settings(**args)
         check_method(self.settings)
         check_strategy(self.settings)  # FSDP / DeepSpeed limits, a DeepSpeed config that does not parse
