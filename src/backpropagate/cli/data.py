@@ -1,4 +1,4 @@
-"""``backprop data filter|dedup|perplexity|curriculum|report``: thin shells over ``backpropagate.data``."""
+"""``backprop data filter|dedup|perplexity|curriculum|report|preview``: thin shells over ``backpropagate.data``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from . import app
 if TYPE_CHECKING:
     from ..data.preview import RowPreview
 
-data_app = typer.Typer(help="Clean a dataset before training: filter, deduplicate, score, order, report.",
+data_app = typer.Typer(help="Clean a dataset before training: filter, deduplicate, score, order, report, and "
+                       "preview what a row becomes for a model.",
                        no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
