@@ -21,7 +21,7 @@ from backpropagate.data.curriculum import (
     training_order,
 )
 from backpropagate.data.packing import collate, pack
-from backpropagate.data.rowset import load_rowset
+from backpropagate.data.rowset import load_rowset, message_text
 from backpropagate.data.templates import TokenizedSample, tokenize_examples
 from backpropagate.errors import BackpropagateError
 from backpropagate.training.chunked_loss import forward_packed
@@ -38,9 +38,9 @@ def test_length_order_is_monotone_on_glaive(shared_datasets: Path) -> None:
     order = curriculum_order(examples)
     assert sorted(order) == list(range(len(examples)))
     assert _nondecreasing([scores[i] for i in order])
-    # the documented formula: words * (1 + 0.25 * (replies - 1))
+    # the documented formula: words * (1 + 0.25 * (replies - 1)); a tool call's words are the call's
     first = examples[0]
-    words = sum(len(m["content"].split()) for m in first.messages)
+    words = sum(len(message_text(m).split()) for m in first.messages)
     replies = sum(m["role"] == "assistant" for m in first.messages)
     assert scores[0] == pytest.approx(words * (1 + 0.25 * (replies - 1)))
     assert replies > 1 and scores[0] > length_score(words, 1)  # more replies, harder
