@@ -176,7 +176,7 @@ def _with_schemas(messages: list[Message], tools: list[dict[str, Any]], how: boo
     return [{"role": "system", "content": text}, *messages]
 
 
-def template_messages(conversation: Conversation, traits: TemplateTraits) -> tuple[list[Message], list | None]:
+def template_messages(conversation: Conversation, traits: TemplateTraits) -> tuple[list[Message], list[dict[str, Any]] | None]:
     """The messages and ``tools`` handed to the template: fallbacks applied, reasoning kept on the turns that
     answer the last user message (the template may still drop it; :mod:`.templates` keeps the last one)."""
     messages = _with_tool_fallbacks(list(conversation.messages), traits)

@@ -24,7 +24,7 @@ __all__ = ["FORMATS", "Conversation", "FormatReport", "Message", "detect_format"
 
 # {"role": "system" | "user" | "assistant" | "tool", "content": str} plus, where present, the keys chat
 # templates read: "tool_calls" and "reasoning_content" (assistant), "tool_call_id" and "name" (tool).
-Message = dict
+Message = agentic.Message
 
 FORMATS = ("sharegpt", "alpaca", "openai", "chatml", "text")
 DEFAULT_TEXT_COLUMN = "text"
@@ -49,7 +49,7 @@ class Conversation:
     """One normalised training conversation; ``tools`` holds the row's tool schemas, if any."""
 
     messages: tuple[Message, ...]
-    tools: list | None = None
+    tools: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class FormatReport:
 # --------------------------------------------------------------------------------------------
 # detection
 # --------------------------------------------------------------------------------------------
-def _messages_key(row: Mapping, key: str, field: str) -> bool:
+def _messages_key(row: Mapping[str, Any], key: str, field: str) -> bool:
     """True when ``row[key]`` is a list whose first turn is a dict carrying ``field``."""
     turns = row.get(key)
     if not isinstance(turns, list):
@@ -76,29 +76,29 @@ def _messages_key(row: Mapping, key: str, field: str) -> bool:
     return isinstance(first, Mapping) and first.get(field) is not None
 
 
-def _fits_sharegpt(row: Mapping, text_column: str) -> bool:
+def _fits_sharegpt(row: Mapping[str, Any], text_column: str) -> bool:
     return _messages_key(row, "conversations", "from") or (
         _messages_key(row, "messages", "from") and not _messages_key(row, "messages", "role"))
 
 
-def _fits_openai(row: Mapping, text_column: str) -> bool:
+def _fits_openai(row: Mapping[str, Any], text_column: str) -> bool:
     return _messages_key(row, "messages", "role")
 
 
-def _fits_alpaca(row: Mapping, text_column: str) -> bool:
+def _fits_alpaca(row: Mapping[str, Any], text_column: str) -> bool:
     return isinstance(row.get("instruction"), str) and "output" in row
 
 
-def _fits_chatml(row: Mapping, text_column: str) -> bool:
+def _fits_chatml(row: Mapping[str, Any], text_column: str) -> bool:
     value = row.get(text_column)
     return isinstance(value, str) and value.lstrip().startswith(IM_START)
 
 
-def _fits_text(row: Mapping, text_column: str) -> bool:
+def _fits_text(row: Mapping[str, Any], text_column: str) -> bool:
     return isinstance(row.get(text_column), str)
 
 
-_FITS: dict[str, Callable[[Mapping, str], bool]] = {
+_FITS: dict[str, Callable[[Mapping[str, Any], str], bool]] = {
     "sharegpt": _fits_sharegpt, "openai": _fits_openai, "alpaca": _fits_alpaca,
     "chatml": _fits_chatml, "text": _fits_text,
 }
@@ -111,7 +111,7 @@ _REASONS = {
 }
 
 
-def _classify(row: Mapping, text_column: str, explicit_column: bool) -> str | None:
+def _classify(row: Mapping[str, Any], text_column: str, explicit_column: bool) -> str | None:
     """First fitting format; structured keys win unless the caller named a text column."""
     order = ("chatml", "text", "sharegpt", "openai", "alpaca") if explicit_column else (
         "sharegpt", "openai", "alpaca", "chatml", "text")
@@ -130,7 +130,7 @@ def sample_indices(total: int, max_check: int) -> list[int]:
     return sorted(set(range(head)) | {head + (i * span) // (rest - 1) for i in range(rest)})
 
 
-def detect_format(rows: list[dict], *, format: str | None = None, text_column: str | None = None,
+def detect_format(rows: list[dict[str, Any]], *, format: str | None = None, text_column: str | None = None,
                   max_check: int = 1000) -> FormatReport:
     """Decide the format from up to ``max_check`` rows spread over the dataset; raise if rows disagree."""
     if format is not None and format not in FORMATS:
@@ -178,7 +178,7 @@ def detect_format(rows: list[dict], *, format: str | None = None, text_column: s
 # --------------------------------------------------------------------------------------------
 # normalisation
 # --------------------------------------------------------------------------------------------
-def to_examples(rows: list[dict], report: FormatReport, *, text_column: str | None = None,
+def to_examples(rows: list[dict[str, Any]], report: FormatReport, *, text_column: str | None = None,
                 require_assistant: bool = True) -> list[Conversation | str]:
     """Normalise every row to a ``Conversation`` (or ``str`` for raw text) in the reported format."""
     if report.name not in FORMATS:
@@ -213,7 +213,7 @@ def to_examples(rows: list[dict], report: FormatReport, *, text_column: str | No
     return examples
 
 
-def _raise_misfit(row: Mapping, number: int, name: str, column: str, text_column: str | None) -> None:
+def _raise_misfit(row: Mapping[str, Any], number: int, name: str, column: str, text_column: str | None) -> None:
     """Explain why a row does not fit the chosen format: missing column, other format or none."""
     if text_column is not None and name in ("chatml", "text") and row.get(text_column) is None:
         raise BackpropagateError(
@@ -227,7 +227,7 @@ def _raise_misfit(row: Mapping, number: int, name: str, column: str, text_column
         "INPUT_UNKNOWN_FORMAT", f"row {number} is not in {name} format; {_describe(row, column)}.")
 
 
-def _sharegpt(row: Mapping, number: int, column: str) -> list[Message]:
+def _sharegpt(row: Mapping[str, Any], number: int, column: str) -> list[Message]:
     key = "conversations" if isinstance(row.get("conversations"), list) else "messages"
     messages = _system_column(row, number)
     for turn, item in enumerate(row[key], start=1):
@@ -253,7 +253,7 @@ def _sharegpt(row: Mapping, number: int, column: str) -> list[Message]:
     return messages
 
 
-def _alpaca(row: Mapping, number: int, column: str) -> list[Message]:
+def _alpaca(row: Mapping[str, Any], number: int, column: str) -> list[Message]:
     messages = _system_column(row, number)
     history = row.get("history")
     if history is not None:
@@ -279,7 +279,7 @@ def _alpaca(row: Mapping, number: int, column: str) -> list[Message]:
     return messages
 
 
-def _openai(row: Mapping, number: int, column: str) -> list[Message]:
+def _openai(row: Mapping[str, Any], number: int, column: str) -> list[Message]:
     messages = []
     for turn, item in enumerate(row["messages"], start=1):
         if not isinstance(item, Mapping):
@@ -319,7 +319,7 @@ def _openai_content(content: Any, number: int, turn: int) -> Any:
     return "".join(texts)
 
 
-def _chatml(row: Mapping, number: int, column: str) -> list[Message]:
+def _chatml(row: Mapping[str, Any], number: int, column: str) -> list[Message]:
     """Parse ``<|im_start|>{role}\\n{content}<|im_end|>`` blocks; only the newline after the role goes."""
     text: str = row[column]
     messages: list[Message] = []
@@ -350,7 +350,7 @@ def _chatml(row: Mapping, number: int, column: str) -> list[Message]:
         position = end + len(IM_END)
 
 
-_CONVERTERS: dict[str, Callable[[Mapping, int, str], list[Message]]] = {
+_CONVERTERS: dict[str, Callable[[Mapping[str, Any], int, str], list[Message]]] = {
     "sharegpt": _sharegpt, "alpaca": _alpaca, "openai": _openai, "chatml": _chatml,
     "text": lambda row, number, column: [],
 }
@@ -359,7 +359,7 @@ _CONVERTERS: dict[str, Callable[[Mapping, int, str], list[Message]]] = {
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def _system_column(row: Mapping, number: int) -> list[Message]:
+def _system_column(row: Mapping[str, Any], number: int) -> list[Message]:
     """An optional ``system`` column becomes the first message; empty means none."""
     system = row.get("system")
     if system is None or system == "":
@@ -367,7 +367,7 @@ def _system_column(row: Mapping, number: int) -> list[Message]:
     return [{"role": "system", "content": system}]
 
 
-def _tools(row: Mapping, number: int) -> list | None:
+def _tools(row: Mapping[str, Any], number: int) -> list[dict[str, Any]] | None:
     """The row's ``tools`` column as a list (decoded from JSON text, as glaive stores it)."""
     tools = row.get("tools")
     if isinstance(tools, str):
@@ -400,7 +400,7 @@ def _bad_tools(number: int, problem: str) -> BackpropagateError:
                               "surrogate escape (such as \\ud800), which is not a character.")
 
 
-def _row(rows: list[dict], index: int) -> Mapping:
+def _row(rows: list[dict[str, Any]], index: int) -> Mapping[str, Any]:
     row = rows[index]
     if not isinstance(row, Mapping):
         raise BackpropagateError(
@@ -408,7 +408,7 @@ def _row(rows: list[dict], index: int) -> Mapping:
     return row
 
 
-def _keys(row: Mapping) -> str:
+def _keys(row: Mapping[str, Any]) -> str:
     keys = [str(key) if value is not None else f"{key} (null)" for key, value in row.items()]
     return ", ".join(keys) if keys else "(none)"
 
@@ -417,7 +417,7 @@ def _keys(row: Mapping) -> str:
 _FORMAT_KEYS = {"conversations": list, "messages": list, "instruction": str}
 
 
-def _describe(row: Mapping, column: str) -> str:
+def _describe(row: Mapping[str, Any], column: str) -> str:
     """Why a row fits no format: a format's key holding the wrong type (null, most often), else its keys."""
     expected = {column: str, **_FORMAT_KEYS}
     for key, kind in expected.items():
@@ -431,7 +431,7 @@ def _describe(row: Mapping, column: str) -> str:
 _KNOWN_KEYS = ("conversations", "messages", "instruction", "input", "output", "system", "history", "tools", "text")
 
 
-def _near_key(row: Mapping, column: str) -> str:
+def _near_key(row: Mapping[str, Any], column: str) -> str:
     """A note on the first key that is a near miss of a known one (`ouput` for `output`), else ""."""
     known = (*_KNOWN_KEYS, column)
     for key in row:

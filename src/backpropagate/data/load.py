@@ -43,7 +43,7 @@ _ROW_REF = re.compile(r"row (\d+)\b")
 # --------------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------------
-def load_rows(source: Any, *, split: str = "train") -> list[dict]:
+def load_rows(source: Any, *, split: str = "train") -> list[dict[str, Any]]:
     """Load ``source`` (path, ``save_to_disk`` folder, hub name, ``Dataset``/``DatasetDict`` or a
     list of dicts) as plain python dict rows, raising ``BackpropagateError`` for anything the user
     can fix."""
@@ -54,7 +54,7 @@ def load_rows(source: Any, *, split: str = "train") -> list[dict]:
 class RowsRead:
     """Rows plus where they came from, so a later complaint about "row N" can name the file and line."""
 
-    rows: list[dict]
+    rows: list[dict[str, Any]]
     file: Path | None = None
     lines: list[int] | None = None  # the 1-based line each row starts on (JSONL, CSV, TXT)
 
@@ -233,7 +233,7 @@ def _is_datasets_object(source: Any) -> bool:
 # --------------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------------
-def _load_file(path: Path) -> tuple[list[dict], list[int] | None]:
+def _load_file(path: Path) -> tuple[list[dict[str, Any]], list[int] | None]:
     """Dispatch on suffix; rows and their lines. An empty file is reported as empty whatever its type."""
     try:
         size = path.stat().st_size
@@ -278,7 +278,7 @@ def _lines(text: str) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 
 
-def _parse_jsonl(text: str, path: Path) -> tuple[list[dict], list[int]]:
+def _parse_jsonl(text: str, path: Path) -> tuple[list[dict[str, Any]], list[int]]:
     """One JSON object per line; blank lines skipped; errors name the 1-based line."""
     rows, numbers = [], []
     for number, line in enumerate(_lines(text), start=1):
@@ -299,7 +299,7 @@ def _parse_jsonl(text: str, path: Path) -> tuple[list[dict], list[int]]:
     return rows, numbers
 
 
-def _parse_json(text: str, path: Path) -> tuple[list[dict], list[int] | None]:
+def _parse_json(text: str, path: Path) -> tuple[list[dict[str, Any]], list[int] | None]:
     """A JSON array of objects, an object wrapping one list, a single row object, or JSONL content."""
     try:
         value = checked_json(text, path)
@@ -322,7 +322,7 @@ def _parse_json(text: str, path: Path) -> tuple[list[dict], list[int] | None]:
     return value, None
 
 
-def _unwrap(obj: dict, path: Path) -> list | dict:
+def _unwrap(obj: dict[str, Any], path: Path) -> list[Any] | dict[str, Any]:
     """``{"data": [...]}`` -> the list; a lone row such as ``{"conversations": [...]}`` -> ``[obj]``."""
     if _ROW_KEYS & obj.keys():
         return [obj]
@@ -337,7 +337,7 @@ def _unwrap(obj: dict, path: Path) -> list | dict:
     return [obj]
 
 
-def _parse_csv(text: str, path: Path) -> tuple[list[dict], list[int]]:
+def _parse_csv(text: str, path: Path) -> tuple[list[dict[str, Any]], list[int]]:
     """Header row + one row per record; JSON in nested columns (``conversations`` ...) is decoded."""
     _raise_csv_field_limit()
     _check_csv_quotes(text, path)
@@ -406,7 +406,7 @@ def _raise_csv_field_limit() -> None:
         csv.field_size_limit(limit - 1)
 
 
-def _load_parquet(path: Path) -> list[dict]:
+def _load_parquet(path: Path) -> list[dict[str, Any]]:
     """Read with pyarrow; ``to_pylist`` already yields plain python values."""
     import pyarrow.parquet as pq
 
@@ -459,7 +459,7 @@ def _load_hub(name: str, split: str) -> Any:
             f"loaded: {type(exc).__name__}: {exc}") from exc
 
 
-def _rows_from_dataset(ds: Any, where: str) -> list[dict]:
+def _rows_from_dataset(ds: Any, where: str) -> list[dict[str, Any]]:
     """Rows of a Dataset (arrow, ignoring any numpy/torch format) or an IterableDataset."""
     return _plain_rows(ds.to_list() if hasattr(ds, "to_list") else ds, where)
 
@@ -467,7 +467,7 @@ def _rows_from_dataset(ds: Any, where: str) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 # plain python values and hashing
 # --------------------------------------------------------------------------------------------
-def _plain_rows(rows: Iterable[Mapping], where: str) -> list[dict]:
+def _plain_rows(rows: Iterable[Mapping[str, Any]], where: str) -> list[dict[str, Any]]:
     """Plain copies of rows that are bounded in depth and hold real text (``_plain`` recurses)."""
     out = []
     for number, row in enumerate(rows, start=1):
@@ -482,7 +482,7 @@ def _plain_rows(rows: Iterable[Mapping], where: str) -> list[dict]:
     return out
 
 
-def _plain_row(row: Mapping) -> dict:
+def _plain_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """Copy a row with numpy/arrow values turned into python lists, str, int and float."""
     return {str(key): _plain(value) for key, value in row.items()}
 

@@ -134,7 +134,7 @@ def score_examples(examples: Sequence[Example], model: Any, tokenizer: Any = Non
     return scores
 
 
-def _tokenize(examples: Sequence[Example], tokenizer: Any, on: str) -> tuple[list, dict[int, str]]:
+def _tokenize(examples: Sequence[Example], tokenizer: Any, on: str) -> tuple[list[Any], dict[int, str]]:
     """Training-identical samples; a row the template refuses becomes an empty sample with its reason."""
 
     samples, errors = [], {}

@@ -34,7 +34,7 @@ OUTPUT_SUFFIXES = (".jsonl", ".ndjson")
 class RowSet:
     """Original rows and their normalized examples, index-aligned; ``source`` is the input path, if any."""
 
-    rows: list[dict]
+    rows: list[dict[str, Any]]
     examples: list[Example]
     report: FormatReport
     source: Path | None = None
@@ -63,7 +63,7 @@ def example_text(example: Example, *, with_roles: bool = True) -> str:
     return "\n".join(message_text(m) for m in example.messages)
 
 
-def message_text(message: dict) -> str:
+def message_text(message: dict[str, Any]) -> str:
     """Reasoning, text and tool calls of a turn: two rows that call different tools are different rows."""
     parts = [message.get("reasoning_content") or "", message["content"]]
     parts += [json.dumps(c["function"], ensure_ascii=False, sort_keys=True) for c in message.get("tool_calls", ())]
@@ -75,7 +75,7 @@ def normalize_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
-def normalized_row(example: Example) -> dict:
+def normalized_row(example: Example) -> dict[str, Any]:
     """The normalized JSONL row: ``{"messages": [...]}`` (plus ``tools``) or ``{"text": ...}``."""
     if isinstance(example, str):
         return {"text": example}
@@ -124,13 +124,13 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def write_jsonl(path: Path, records: Iterable[Mapping]) -> Path:
+def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> Path:
     """Write JSON lines to ``path`` through a sibling temp file swapped in at the end."""
     return write_atomically(path, lambda handle: handle.writelines(
         json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
-def write_json(path: Path, payload: Mapping) -> Path:
+def write_json(path: Path, payload: Mapping[str, Any]) -> Path:
     """Write one indented JSON document to ``path`` atomically."""
     return write_atomically(path, lambda handle: handle.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n"))
 
@@ -148,7 +148,7 @@ def write_atomically(path: Path, fill: Callable[[Any], Any]) -> Path:
 def write_rows(rowset: RowSet, indices: Sequence[int], path: Path, *, keep_format: bool = False,
                extra: Mapping[int, Mapping[str, Any]] | None = None) -> Path:
     """Write the rows at ``indices`` (in that order), normalized or in their original keys, plus ``extra`` fields."""
-    def records() -> Iterable[dict]:
+    def records() -> Iterable[dict[str, Any]]:
         for index in indices:
             record = dict(rowset.rows[index]) if keep_format else normalized_row(rowset.examples[index])
             if extra and index in extra:

@@ -106,7 +106,7 @@ def find_end_of_turn_marker(tokenizer: Any) -> str | None:
     return None
 
 
-def _apply(tokenizer: Any, messages: list[Message], tools: list | None, *, prompt: bool = False,
+def _apply(tokenizer: Any, messages: list[Message], tools: list[dict[str, Any]] | None, *, prompt: bool = False,
            row: int | None = None) -> str:
     from jinja2 import TemplateError
 
@@ -147,7 +147,7 @@ def render(tokenizer: Any, conversation: Conversation, *, row: int | None = None
     return render_with_spans(tokenizer, conversation, row=row, traits=traits, spans=False).text
 
 
-def _drop_unshown_reasoning(tokenizer: Any, messages: list[Message], tools: list | None, text: str,
+def _drop_unshown_reasoning(tokenizer: Any, messages: list[Message], tools: list[dict[str, Any]] | None, text: str,
                             row: int | None) -> tuple[list[Message], str]:
     """Reasoning the template does not show in the whole conversation is removed from its turn, so that every
     prefix of the conversation renders those turns as the whole one does (Qwen3 drops earlier thinking)."""
@@ -159,7 +159,7 @@ def _drop_unshown_reasoning(tokenizer: Any, messages: list[Message], tools: list
     return messages, _apply(tokenizer, messages, tools, row=row)
 
 
-def _turn_start(tokenizer: Any, messages: list[Message], tools: list | None, index: int, text: str,
+def _turn_start(tokenizer: Any, messages: list[Message], tools: list[dict[str, Any]] | None, index: int, text: str,
                 row: int | None) -> tuple[int, str]:
     """Where assistant turn ``index`` starts in ``text`` (after the generation prompt), and the end of the
     generation prompt that the training render leaves out (DeepSeek-R1's ``<think>\n``), if any."""
@@ -206,7 +206,7 @@ def _aligned_end(tokenizer: Any, prompt: str, text: str, opened: str, row: int |
                  "writes it.")
 
 
-def _turn_end(tokenizer: Any, messages: list[Message], tools: list | None, index: int, text: str, start: int,
+def _turn_end(tokenizer: Any, messages: list[Message], tools: list[dict[str, Any]] | None, index: int, text: str, start: int,
               marker: str | None, row: int | None) -> int:
     """The end of assistant turn ``index``: through the template's end-of-turn marker, else up to the next turn."""
     if marker:

@@ -116,7 +116,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         saved = iter(ctx.saved_tensors)
         grads = [(lambda g: g * grad_out.to(g.dtype))(next(saved)) if present else None
                  for present in ctx.present]
