@@ -142,3 +142,27 @@ def _helper():
 '''
     names = sorted(name for _, name, _ in _accesses(ast.parse(source)))
     assert names == ["_C", "_getframe", "_load", "_loop_config", "_record"]
+
+
+MAX_LOCAL_IMPORTS = 40  # was 238: what is left keeps torch, gradio and the data tools out of `backprop --help`
+
+
+def _local_own_imports() -> list[tuple[str, int, str]]:
+    """Imports of the package's own modules inside functions: (file, line, the line and the one above)."""
+    found = []
+    for path in sorted((ROOT / "src" / "backpropagate").rglob("*.py")):
+        lines = path.read_text(encoding="utf-8").split("\n")
+        for fn in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("backpropagate")):
+                    found.append((path.name, node.lineno, lines[node.lineno - 2] + "\n" + lines[node.lineno - 1]))
+    return found
+
+
+def test_few_function_local_imports_each_with_its_reason() -> None:
+    found = _local_own_imports()
+    assert len(found) < MAX_LOCAL_IMPORTS, f"{len(found)} function-local imports of our own modules"
+    unexplained = [f"{name}:{line}" for name, line, text in found if "#" not in text]
+    assert not unexplained, f"say why each import is inside its function: {unexplained}"

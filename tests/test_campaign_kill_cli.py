@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from backpropagate import runs
-from backpropagate.training.checkpoints import DELAY_ENV
 from process_helpers import BACKPROP, wait_for
+from support.faults import slow_checkpoints_env
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def test_campaign_sigkilled_in_run_2_resumes_from_its_step_checkpoint(
         tiny_llama: Path, identity_rows: Path, tmp_path: Path, reference: Path) -> None:
     data = identity_rows
     out = tmp_path / "out"
-    crash = subprocess.Popen([BACKPROP, *_args(data, tiny_llama, out)], env={**ENV, DELAY_ENV: "0.05"},
+    crash = subprocess.Popen([BACKPROP, *_args(data, tiny_llama, out)], env=slow_checkpoints_env(0.05, ENV),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_id = wait_for(lambda: next((r.run_id for r in runs.list(out)), None), "its history row", crash)
     run_2 = out / "checkpoints" / run_id / "run-0002"
@@ -82,7 +82,7 @@ def test_ctrl_c_stops_a_campaign_in_run_2_with_a_checkpoint_and_resume_finishes_
         tiny_llama: Path, identity_rows: Path, tmp_path: Path, reference: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.Popen([BACKPROP, *_args(identity_rows, tiny_llama, out)],
-                            env={**ENV, DELAY_ENV: "0.05"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=slow_checkpoints_env(0.05, ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     wait_for(lambda: any(out.glob("checkpoints/*/run-0002/step-000001/manifest.json")), "run 2's first checkpoint",
              proc)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from backpropagate import RunControls, RunInterrupted, Trainer, TrainingCallback, runs
 from backpropagate.training.checkpoints import list_checkpoints
 from process_helpers import Crash
+from support.faults import faults
 
 ARGS = {"lora_r": 4, "lora_alpha": 8, "batch_size": 2, "gradient_accumulation": 1, "max_seq_length": 96,
         "learning_rate": 5e-3, "seed": 3, "report_to": "none"}
@@ -47,9 +48,8 @@ def test_campaign_crashed_mid_run_2_resumes_from_its_step_checkpoint(
             raise Crash
 
     out = tmp_path / "out"
-    with pytest.raises(Crash):
-        Trainer(str(tiny_llama), output_dir=out, save_steps=1, **ARGS).multi_run(
-            identity_rows, controls=RunControls(fault=crash_in_run_2_step_3), **CAMPAIGN)
+    with faults(crash_in_run_2_step_3), pytest.raises(Crash):
+        Trainer(str(tiny_llama), output_dir=out, save_steps=1, **ARGS).multi_run(identity_rows, **CAMPAIGN)
     (crashed,) = runs.list(out)
     assert crashed.status == "interrupted" and crashed.completed_steps == 4 + 2
     run_dir = out / "checkpoints" / crashed.run_id / "run-0002"

@@ -19,7 +19,6 @@ from backpropagate import BackpropagateError
 from backpropagate.data import load_examples, tokenize_examples
 from backpropagate.demo import quickstart_path
 from backpropagate.training.checkpoints import (
-    DELAY_ENV,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
@@ -28,6 +27,7 @@ from backpropagate.training.checkpoints import (
     write_checkpoint,
 )
 from backpropagate.training.engine import LoopConfig, LoopHooks, LoopState, train_loop
+from support.faults import slow_checkpoints
 
 FILES = {"weights.safetensors", "optimizer.pt", "scheduler.pt", "rng.safetensors", "trainer_state.json",
          "config.json", "manifest.json"}
@@ -113,7 +113,7 @@ def test_sigkill_during_20_checkpoint_writes_never_breaks_the_latest_complete_on
     for kill in range(20):
         pid = os.fork()
         if pid == 0:  # the child writes checkpoint after checkpoint until it is killed
-            os.environ[DELAY_ENV] = "0.02"  # a short pause after each file widens the window to hit
+            slow_checkpoints(pytest.MonkeyPatch(), 0.02)  # a short pause after each file widens the window to hit
             try:
                 for i in range(1, 500):
                     write(tmp_path, state, 1000 * (kill + 1) + i)

@@ -18,12 +18,12 @@ from backpropagate import runs
 from backpropagate.demo import quickstart_path
 from backpropagate.storage.store import RunStore
 from backpropagate.training.checkpoints import (
-    DELAY_ENV,
     list_checkpoints,
     run_checkpoint_dir,
     verify_checkpoint,
 )
 from process_helpers import BACKPROP, wait_for
+from support.faults import slow_checkpoints_env
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def spawn(log: Path, *args: str, delay: float = 0.0) -> subprocess.Popen[bytes]:
-    env = {**ENV, DELAY_ENV: str(delay)}
+    env = slow_checkpoints_env(delay, ENV) if delay else ENV
     return subprocess.Popen([BACKPROP, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from backpropagate import BackpropagateError, Trainer
+from backpropagate import trainer as trainer_module
 from backpropagate.hardware import HardwareFacts
 from backpropagate.plan import GB
 from backpropagate.plan_table import CARDS_GB, cell, fit_table, readme_section
@@ -100,6 +101,11 @@ def test_the_cpu_keeps_todays_values() -> None:
     assert _why(d)["memory"].startswith("CPU: RAM is the limit")
 
 
+def _on_card(monkeypatch: pytest.MonkeyPatch, gb: int) -> None:
+    """The Trainer probes a GPU of ``gb`` GB instead of this machine."""
+    monkeypatch.setattr(trainer_module, "probe_hardware", lambda: _card(gb))
+
+
 def _data(tmp_path: Path) -> Path:
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
@@ -108,10 +114,10 @@ def _data(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("kwargs,card", [({"load_in_4bit": False}, 16), ({"lora_r": 256, "batch_size": 8}, 16)])
-def test_a_setting_that_cannot_fit_is_refused_before_any_weight_loads(tmp_path: Path, kwargs: dict,
-                                                                     card: int) -> None:
+def test_a_setting_that_cannot_fit_is_refused_before_any_weight_loads(tmp_path: Path, kwargs: dict, card: int,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     trainer = Trainer("qwen2.5-7b", output_dir=tmp_path / "out", **kwargs)
-    trainer.hardware = _card(card)
+    _on_card(monkeypatch, card)
     with pytest.raises(BackpropagateError) as info:
         trainer.train(_data(tmp_path), steps=1)
     err = info.value
@@ -121,9 +127,9 @@ def test_a_setting_that_cannot_fit_is_refused_before_any_weight_loads(tmp_path: 
 
 
 @pytest.mark.parametrize("check", ["warn", "off"])
-def test_memory_check_lets_it_pass_the_check(tmp_path: Path, check: str) -> None:
+def test_memory_check_lets_it_pass_the_check(tmp_path: Path, check: str, monkeypatch: pytest.MonkeyPatch) -> None:
     trainer = Trainer("qwen2.5-7b", output_dir=tmp_path / "out", load_in_4bit=False, memory_check=check)
-    trainer.hardware = _card(16)
+    _on_card(monkeypatch, 16)
     with pytest.raises(BackpropagateError) as info:  # past the check, the next step is reading the data
         trainer.train(tmp_path / "missing.jsonl", steps=1)
     assert info.value.code == "INPUT_FILE_NOT_FOUND" and trainer.model is None
@@ -167,19 +173,19 @@ def test_backprop_plan_prints_the_plan_the_run_will_use() -> None:
     assert "try: load_in_4bit=True (QLoRA)" in pinned.stdout
 
 
-def test_a_campaign_that_cannot_fit_is_refused_before_any_weight_loads(tmp_path: Path) -> None:
+def test_a_campaign_that_cannot_fit_is_refused_before_any_weight_loads(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
                                                      {"role": "assistant", "content": f"a{i}"}]}) + "\n"
                             for i in range(30)))
     trainer = Trainer("qwen2.5-7b", output_dir=tmp_path / "out", load_in_4bit=False)
-    trainer.hardware = _card(16)
+    _on_card(monkeypatch, 16)
     with pytest.raises(BackpropagateError) as info:
         trainer.multi_run(str(rows), num_runs=2, steps_per_run=1)
     assert info.value.code == "RUNTIME_WILL_NOT_FIT" and "the card has 16.0 GB" in info.value.message
     assert trainer.model is None
     warned = Trainer("qwen2.5-7b", output_dir=tmp_path / "out", load_in_4bit=False, memory_check="warn")
-    warned.hardware = _card(16)
     with pytest.raises(BackpropagateError) as info:  # past the check, it goes on to load the model
         warned.multi_run(str(rows), num_runs=2, steps_per_run=1)
     assert info.value.code != "RUNTIME_WILL_NOT_FIT"

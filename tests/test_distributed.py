@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 
 from backpropagate import runs
 from backpropagate.demo import quickstart_path
-from backpropagate.training.checkpoints import DELAY_ENV, list_checkpoints, run_checkpoint_dir
+from backpropagate.training.checkpoints import list_checkpoints, run_checkpoint_dir
 from process_helpers import BACKPROP, wait_for
+from support.faults import slow_checkpoints_env
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +88,7 @@ def _kill_after_checkpoint(args: list[str], out: Path, step: int) -> str:
     """Start a run, SIGKILL torchrun and every rank at once (a power cut) after checkpoint ``step``."""
     import psutil
 
-    crash = subprocess.Popen(args, env=env(**{DELAY_ENV: "0.2"}), stdout=subprocess.DEVNULL,
+    crash = subprocess.Popen(args, env=slow_checkpoints_env(0.2, env()), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     run_id = wait_for(lambda: next((r.run_id for r in runs.list(out)), None), "its history row", crash)
     run_dir = run_checkpoint_dir(out, run_id)

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from backpropagate import BackpropagateError, Trainer, runs
 from backpropagate.demo import quickstart_path
-from backpropagate.training.checkpoints import DELAY_ENV
 from process_helpers import BACKPROP, wait_for
+from support.faults import faults, slow_checkpoints_env
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def test_sigkill_after_an_evaluation_resumes_to_the_same_curve_and_adapters(tiny
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "out"
     # Each checkpoint file is followed by a pause, so the process is still at step 4 when it is killed.
-    crash = subprocess.Popen([BACKPROP, *_args(tiny_llama, out)], env={**ENV, DELAY_ENV: "2"},
+    crash = subprocess.Popen([BACKPROP, *_args(tiny_llama, out)], env=slow_checkpoints_env(2, ENV),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_id = wait_for(lambda: next((r.run_id for r in runs.list(out)), None), "its history row", crash)
     step_4 = out / "checkpoints" / run_id / "step-000004" / "manifest.json"
@@ -75,11 +75,10 @@ def test_resume_with_another_hold_out_is_refused(tiny_llama: Path, tmp_path: Pat
         if (where, step) == ("micro_batch", 3):
             raise KeyboardInterrupt
 
-    from backpropagate import RunControls, RunInterrupted
+    from backpropagate import RunInterrupted
 
-    with pytest.raises(RunInterrupted):
-        Trainer(str(tiny_llama), output_dir=out, **settings).train(DATA, steps=4, eval_fraction=0.25,
-                                                                   controls=RunControls(fault=boom))
+    with faults(boom), pytest.raises(RunInterrupted):
+        Trainer(str(tiny_llama), output_dir=out, **settings).train(DATA, steps=4, eval_fraction=0.25)
     with pytest.raises(BackpropagateError) as info:
         Trainer(str(tiny_llama), output_dir=out, **settings).train(resume=True, eval_fraction=0.5)
     assert info.value.code == "INPUT_RESUME_MISMATCH" and "eval_fraction (0.25 -> 0.5)" in info.value.message

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from backpropagate import BackpropagateError, RunControls, Trainer, runs
+from backpropagate import BackpropagateError, Trainer, runs
 from backpropagate.data import load_examples, tokenize_examples
 from backpropagate.data.rowset import example_text, normalize_text
 from backpropagate.data.templates import IGNORE_INDEX
@@ -22,6 +22,7 @@ from backpropagate.demo import quickstart_path
 from backpropagate.training.callbacks import TrainingCallback
 from backpropagate.training.evaluation import hold_out
 from backpropagate.training.stop import RunInterrupted
+from support.faults import faults
 
 SMALL = {"lora_r": 4, "lora_alpha": 8, "batch_size": 2, "gradient_accumulation": 1, "max_seq_length": 64,
          "report_to": "none"}
@@ -182,9 +183,8 @@ def test_resume_keeps_the_evaluation_state(tiny_llama: Path, tmp_path: Path) -> 
             raise KeyboardInterrupt
 
     out = tmp_path / "cut"
-    with pytest.raises(RunInterrupted):
-        Trainer(str(tiny_llama), output_dir=out, **settings).train(
-            DATA, steps=6, eval_fraction=0.25, controls=RunControls(fault=boom))
+    with faults(boom), pytest.raises(RunInterrupted):
+        Trainer(str(tiny_llama), output_dir=out, **settings).train(DATA, steps=6, eval_fraction=0.25)
     resumed = Trainer(str(tiny_llama), output_dir=out, **settings).train(resume=True)  # the run's own hold-out
     assert resumed.eval_history == reference.eval_history
     assert (resumed.best_eval_loss, resumed.best_step) == (reference.best_eval_loss, reference.best_step)

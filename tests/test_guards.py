@@ -18,6 +18,7 @@ from backpropagate.config import resolve_settings
 from backpropagate.demo import quickstart_path
 from backpropagate.training.checkpoints import list_checkpoints, run_checkpoint_dir, verify_checkpoint
 from backpropagate.training.guards import ThermalGuard, is_oom, nvml_reader, smaller_micro_batch
+from support.faults import faults
 
 DATA = str(quickstart_path())
 NO_DROPOUT = {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "max_seq_length": 64}
@@ -52,8 +53,9 @@ def test_oom_at_steps_3_and_5_halves_twice_and_matches_the_small_batch_run(
     seen: list[tuple[int, int, int]] = []
     cb = TrainingCallback(on_log=lambda m: seen.append((m["step"], m["batch_size"], m["gradient_accumulation"])))
     hook = oom_at(3, 5)
-    run = Trainer(str(tiny_llama), output_dir=tmp_path / "oom", batch_size=4, gradient_accumulation=1,
-                  **NO_DROPOUT).train(DATA, steps=6, callback=cb, controls=RunControls(fault=hook))
+    with faults(hook):
+        run = Trainer(str(tiny_llama), output_dir=tmp_path / "oom", batch_size=4, gradient_accumulation=1,
+                      **NO_DROPOUT).train(DATA, steps=6, callback=cb)
     logs = capsys.readouterr().err
 
     assert run.steps == 6 and len(run.loss_history) == 6
@@ -77,8 +79,8 @@ def test_oom_at_steps_3_and_5_halves_twice_and_matches_the_small_batch_run(
 
 def test_oom_recovery_off_fails_on_the_first_oom(tiny_llama: Path, tmp_path: Path) -> None:
     trainer = Trainer(str(tiny_llama), output_dir=tmp_path, oom_recovery=False, save_steps=1, **SMALL)
-    with pytest.raises(BackpropagateError) as info:
-        trainer.train(DATA, steps=3, controls=RunControls(fault=oom_at(2, error=RuntimeError)))
+    with faults(oom_at(2, error=RuntimeError)), pytest.raises(BackpropagateError) as info:
+        trainer.train(DATA, steps=3)
     assert info.value.code == "RUNTIME_GPU_OOM" and "step 2" in info.value.message
     record = runs.list(tmp_path)[0]
     assert record.status == "failed" and record.error_code == "RUNTIME_GPU_OOM" and record.completed_steps == 1
@@ -93,8 +95,8 @@ def test_oom_at_one_row_is_retried_three_times_then_exhausted(tiny_llama: Path, 
             raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
 
     trainer = Trainer(str(tiny_llama), output_dir=tmp_path, save_steps=1, **SMALL)
-    with pytest.raises(BackpropagateError) as info:
-        trainer.train(DATA, steps=3, controls=RunControls(fault=always))
+    with faults(always), pytest.raises(BackpropagateError) as info:
+        trainer.train(DATA, steps=3)
     assert info.value.code == "RUNTIME_OOM_RECOVERY_EXHAUSTED"
     assert len(calls) == 1 + 1 + 3  # batch 2, then batch 1, then 3 retries at batch 1
     record = runs.list(tmp_path)[0]

@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 
 from backpropagate import RunInterrupted, Trainer, TrainingCallback, runs
 from backpropagate.demo import quickstart_path
-from backpropagate.training.checkpoints import DELAY_ENV, list_checkpoints, run_checkpoint_dir
+from backpropagate.training.checkpoints import list_checkpoints, run_checkpoint_dir
 from process_helpers import BACKPROP, wait_for
+from support.faults import slow_checkpoints_env
 
 SETTINGS = dict(lora_r=4, lora_alpha=8, batch_size=2, gradient_accumulation=2, max_seq_length=64, save_steps=0,
                 report_to="none")
@@ -69,9 +70,9 @@ def test_ctrl_c_prints_the_resume_command_and_resuming_is_bit_identical(tiny_lla
     reference = subprocess.Popen([BACKPROP, "train", *model, "--output", str(tmp_path / "ref"), *ARGS],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     out = tmp_path / "out"
-    # Checkpoint files are written slowly (a test hook sleeps after each), so the signal lands mid-run.
+    # Checkpoint files are written slowly (support.faults sleeps after each), so the signal lands mid-run.
     proc = subprocess.Popen([BACKPROP, "train", *model, "--output", str(out), *ARGS], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**ENV, DELAY_ENV: "0.2"},
+                            stderr=subprocess.PIPE, text=True, env=slow_checkpoints_env(0.2, ENV),
                             start_new_session=True)
     wait_for(lambda: (out / "checkpoints").is_dir() and any((out / "checkpoints").rglob("step-000001*")),
              "the first checkpoint", proc)

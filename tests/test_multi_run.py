@@ -11,9 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from backpropagate import RunControls, Trainer, runs
+from backpropagate import Trainer, runs
 from backpropagate.errors import BackpropagateError
 from process_helpers import Crash
+from support.faults import faults
 
 ARGS = {"lora_r": 4, "lora_alpha": 8, "batch_size": 2, "gradient_accumulation": 1, "max_seq_length": 96,
         "save_steps": 0, "learning_rate": 5e-3, "seed": 3}
@@ -101,9 +102,8 @@ def test_a_campaign_killed_in_run_2_resumes_to_the_same_adapter(tiny_llama: Path
             raise Crash
 
     out = tmp_path / "out"
-    with pytest.raises(Crash):
-        Trainer(str(tiny_llama), output_dir=out, **ARGS).multi_run(
-            identity_rows, controls=RunControls(fault=crash_in_run_2), **CAMPAIGN)
+    with faults(crash_in_run_2), pytest.raises(Crash):
+        Trainer(str(tiny_llama), output_dir=out, **ARGS).multi_run(identity_rows, **CAMPAIGN)
     (interrupted,) = runs.list(out)
     assert interrupted.status == "interrupted" and interrupted.completed_steps == 3
     # Started again the same way, without naming it: the unfinished campaign is found and continued in run 2.
@@ -124,9 +124,8 @@ def test_resume_by_id_refuses_other_settings(tiny_llama: Path, identity_rows: Pa
         if where == "run_start" and step == 2:
             raise Crash
 
-    with pytest.raises(Crash):
-        Trainer(str(tiny_llama), output_dir=out, **ARGS).multi_run(
-            identity_rows, controls=RunControls(fault=crash), **CAMPAIGN)
+    with faults(crash), pytest.raises(Crash):
+        Trainer(str(tiny_llama), output_dir=out, **ARGS).multi_run(identity_rows, **CAMPAIGN)
     run_id = runs.list(out)[0].run_id
     with pytest.raises(BackpropagateError) as info:
         Trainer(str(tiny_llama), output_dir=out, **ARGS).multi_run(

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from backpropagate import BackpropagateError, RunControls, Trainer
+from backpropagate import BackpropagateError, Trainer
 from backpropagate.demo import quickstart_path
 from backpropagate.logs import configure, get_logger
 from backpropagate.redaction import check_model_id, is_redacted, redact, redact_tree, sensitive_key
+from support.faults import faults
 
 BACKPROP = str(Path(sys.executable).with_name("backprop"))
 SMALL = ["--lora-r", "4", "--lora-alpha", "8", "--batch-size", "2", "--max-seq-length", "64"]
@@ -258,8 +259,8 @@ def _failed_run(secret_paths: dict[str, str], out: Path) -> str:
             raise RuntimeError("injected failure")
 
     trainer = Trainer(secret_paths["model"], output_dir=out, save_steps=1, **SMALL_ARGS)
-    with pytest.raises(BackpropagateError):
-        trainer.train(secret_paths["data"], steps=3, controls=RunControls(fault=fail_at_step_2))
+    with faults(fail_at_step_2), pytest.raises(BackpropagateError):
+        trainer.train(secret_paths["data"], steps=3)
     from backpropagate import runs
 
     return runs.list(out)[0].run_id

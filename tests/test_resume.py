@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from backpropagate import BackpropagateError, RunControls, Trainer, runs
+from backpropagate import BackpropagateError, Trainer, runs
 from backpropagate.demo import quickstart_path
 from backpropagate.storage.store import RunStore
 from backpropagate.training.checkpoints import list_checkpoints, run_checkpoint_dir, verify_checkpoint
+from support.faults import faults
 
 STEPS = 6
 # lora_dropout stays at its default (0.05): the resumed run must also continue the dropout RNG exactly.
@@ -53,8 +54,8 @@ def test_disk_full_keeps_the_previous_checkpoint_then_resume_falls_back_past_a_c
         capsys: pytest.CaptureFixture[str]) -> None:
     full = OSError(errno.ENOSPC, "No space left on device")
     trainer = Trainer(str(tiny_llama), output_dir=tmp_path, save_steps=2, **SMALL)
-    with pytest.raises(BackpropagateError) as info:
-        trainer.train(DATA, steps=STEPS, controls=RunControls(fault=fail_at("checkpoint", 6, "optimizer.pt", full)))
+    with faults(fail_at("checkpoint", 6, "optimizer.pt", full)), pytest.raises(BackpropagateError) as info:
+        trainer.train(DATA, steps=STEPS)
     err = info.value
     assert err.code == "STATE_WRITE_FAILED" and "disk full" in err.message
     assert "step 4 is intact" in err.message and "backprop resume" in err.hint
@@ -84,8 +85,8 @@ def test_disk_full_keeps_the_previous_checkpoint_then_resume_falls_back_past_a_c
 def test_a_run_that_wrote_no_checkpoint_restarts_from_step_zero(
         tiny_llama: Path, tmp_path: Path, reference: tuple[list[float], dict]) -> None:
     trainer = Trainer(str(tiny_llama), output_dir=tmp_path, save_steps=2, **SMALL)
-    with pytest.raises(BackpropagateError) as info:
-        trainer.train(DATA, steps=STEPS, controls=RunControls(fault=fail_at("micro_batch", 1, 1, ValueError("boom"))))
+    with faults(fail_at("micro_batch", 1, 1, ValueError("boom"))), pytest.raises(BackpropagateError) as info:
+        trainer.train(DATA, steps=STEPS)
     assert info.value.code == "RUNTIME_TRAINING_FAILED"
     resumed = Trainer(str(tiny_llama), output_dir=tmp_path, save_steps=2, **SMALL).train(DATA, resume=True)
     assert resumed.loss_history == reference[0]
@@ -97,8 +98,8 @@ def test_a_run_that_wrote_no_checkpoint_restarts_from_step_zero(
 
 def test_resume_refuses_other_data_or_settings_unless_forced(tiny_llama: Path, tmp_path: Path) -> None:
     trainer = Trainer(str(tiny_llama), output_dir=tmp_path, save_steps=1, **SMALL)
-    with pytest.raises(BackpropagateError):
-        trainer.train(DATA, steps=4, controls=RunControls(fault=fail_at("micro_batch", 3, 0, ValueError("boom"))))
+    with faults(fail_at("micro_batch", 3, 0, ValueError("boom"))), pytest.raises(BackpropagateError):
+        trainer.train(DATA, steps=4)
     run_id = runs.list(tmp_path)[0].run_id
 
     changed = tmp_path / "changed.jsonl"
@@ -121,8 +122,8 @@ def test_resume_refuses_other_data_or_settings_unless_forced(tiny_llama: Path, t
 
 def test_deleted_checkpoints_unknown_running_and_finished_runs(tiny_llama: Path, tmp_path: Path) -> None:
     trainer = Trainer(str(tiny_llama), output_dir=tmp_path, save_steps=1, **SMALL)
-    with pytest.raises(BackpropagateError):
-        trainer.train(DATA, steps=3, controls=RunControls(fault=fail_at("micro_batch", 3, 0, ValueError("boom"))))
+    with faults(fail_at("micro_batch", 3, 0, ValueError("boom"))), pytest.raises(BackpropagateError):
+        trainer.train(DATA, steps=3)
     record = runs.list(tmp_path)[0]
     assert record.status == "failed" and len(record.checkpoints) == 2
     shutil.rmtree(run_checkpoint_dir(tmp_path, record.run_id))

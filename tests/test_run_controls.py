@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from backpropagate import RunControls, RunInterrupted, Trainer, runs
 from backpropagate.demo import quickstart_path
-from backpropagate.training.checkpoints import DELAY_ENV, list_checkpoints, run_checkpoint_dir
+from backpropagate.training.checkpoints import list_checkpoints, run_checkpoint_dir
+from support.faults import slow_checkpoints
 
 DATA = str(quickstart_path())
 SETTINGS = {"lora_r": 4, "lora_alpha": 8, "batch_size": 2, "gradient_accumulation": 2, "max_seq_length": 64,
@@ -33,7 +34,7 @@ def _when(condition, timeout: float = 240) -> bool:
 def test_stop_from_another_thread_leaves_a_resumable_run(tiny_llama: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     reference = Trainer(str(tiny_llama), output_dir=tmp_path / "ref", save_steps=1, **SETTINGS).train(DATA, steps=8)
-    monkeypatch.setenv(DELAY_ENV, "0.1")  # checkpoint files are written slowly, so the stop lands mid-run
+    slow_checkpoints(monkeypatch, 0.1)  # checkpoint files are written slowly, so the stop lands mid-run
     out = tmp_path / "out"
     trainer = Trainer(str(tiny_llama), output_dir=out, save_steps=1, **SETTINGS)
     seen = threading.Event()
@@ -54,7 +55,7 @@ def test_stop_from_another_thread_leaves_a_resumable_run(tiny_llama: Path, tmp_p
     assert record.status == "interrupted" and record.completed_steps == stopped.step
     assert [c.step for c in list_checkpoints(run_checkpoint_dir(out, stopped.run_id))][-1] == stopped.step
 
-    monkeypatch.delenv(DELAY_ENV)
+    monkeypatch.undo()  # checkpoints at full speed again
     run = Trainer.from_run(stopped.run_id, out).train(resume=stopped.run_id)
     assert run.run_id == stopped.run_id and run.loss_history == reference.loss_history
     want, got = load_file(Path(reference.output_path) / "adapter_model.safetensors"), \

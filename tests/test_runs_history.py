@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from backpropagate import RunControls, Trainer, runs
+from backpropagate import Trainer, runs
 from backpropagate.demo import quickstart_path
 from backpropagate.errors import BackpropagateError
+from support.faults import faults
 
 BACKPROP = str(Path(sys.executable).with_name("backprop"))
 ARGS = {"lora_r": 4, "lora_alpha": 8, "batch_size": 2, "gradient_accumulation": 1, "max_seq_length": 64,
@@ -34,8 +35,8 @@ def recorded(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
         if where == "micro_batch" and step == 2:
             raise RuntimeError("injected failure")
 
-    with pytest.raises(BackpropagateError):
-        Trainer(str(tiny_llama), output_dir=first, **ARGS).train(data, steps=4, controls=RunControls(fault=fail_at_step_2))
+    with faults(fail_at_step_2), pytest.raises(BackpropagateError):
+        Trainer(str(tiny_llama), output_dir=first, **ARGS).train(data, steps=4)
     failed = runs.list(first)[0]
     return {"first": first, "second": second, "a": a, "b": b, "c": c, "failed": failed}
 

@@ -139,6 +139,26 @@ def test_max_seq_length_truncates(tiny_llama: Path, tmp_path: Path) -> None:
     assert run.truncated_samples > 0
 
 
+def test_neftune_noise_changes_training_only(tiny_llama: Path, tmp_path: Path) -> None:
+    """The noise reaches the training forward (another first-step loss), never an eval-mode forward."""
+    def first_loss(**kw: object) -> float:
+        return Trainer(str(tiny_llama), output_dir=tmp_path / str(kw), lora_r=4, max_seq_length=64, batch_size=1,
+                       gradient_accumulation=1, save_steps=0, **kw).train(DATA, steps=1).loss_history[0]
+
+    assert first_loss(neftune_noise_alpha=50.0) != first_loss()
+    plain, noisy = _load(tiny_llama, tmp_path / "a"), _load(tiny_llama, tmp_path / "b", neftune_noise_alpha=50.0)
+    ids = torch.tensor([[1, 5, 9, 13]])
+    for loaded in (plain, noisy):
+        loaded.model.eval()  # type: ignore[attr-defined]
+    with torch.no_grad():
+        torch.testing.assert_close(noisy.model(input_ids=ids).logits,  # type: ignore[attr-defined]
+                                   plain.model(input_ids=ids).logits)  # type: ignore[attr-defined]
+    noisy.model.train()  # type: ignore[attr-defined]
+    with torch.no_grad():
+        assert not torch.equal(noisy.model(input_ids=ids).logits,  # type: ignore[attr-defined]
+                               plain.model(input_ids=ids).logits)  # type: ignore[attr-defined]
+
+
 # ---- optimizers ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,module,cls", [
     ("adamw_torch", "torch.optim.adamw", "AdamW"), ("sgd", "torch.optim.sgd", "SGD"),
@@ -233,6 +253,8 @@ def test_unsloth_fallback_false_makes_the_failure_a_coded_error(tiny_llama: Path
     (dict(init_lora_weights="loftq"), "INPUT_INVALID_VALUE", "load_in_4bit=True"),
     (dict(init_lora_weights="pissa", load_in_4bit=True), "INPUT_INVALID_VALUE", "pissa"),
     (dict(gradient_checkpointing="sometimes"), "INPUT_INVALID_VALUE", "gradient_checkpointing"),
+    (dict(neftune_noise_alpha=0), "INPUT_INVALID_VALUE", "neftune_noise_alpha"),
+    (dict(lora_rank=8), "INPUT_UNKNOWN_OPTION", "lora_rank (did you mean lora_r?)"),
 ])
 def test_bad_arguments_are_coded_errors(kw: dict, code: str, needle: str) -> None:
     with pytest.raises(BackpropagateError) as info:

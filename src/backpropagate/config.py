@@ -9,6 +9,7 @@ settings a resume may change are all read from the fields.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -67,7 +68,6 @@ def parse_report_to(value: str | Sequence[str] | None) -> list[str] | str:
 
 class ModelSettings(BaseModel):
     """Which base model to fine-tune and how to load it (env: BACKPROPAGATE_MODEL__*)."""
-
     model_config = FINITE
 
     name: str = option(DEFAULT_MODEL, "Hub id, local folder, or a model preset's short name (qwen2.5-7b; "
@@ -86,7 +86,6 @@ class ModelSettings(BaseModel):
 
 class LoraSettings(BaseModel):
     """Low-rank adapter shape (env: BACKPROPAGATE_LORA__*)."""
-
     model_config = FINITE
 
     preset: Literal["quality", "fast"] = option(
@@ -121,7 +120,6 @@ class LoraSettings(BaseModel):
 
 class TrainingSettings(BaseModel):
     """The optimisation loop (env: BACKPROPAGATE_TRAINING__*)."""
-
     model_config = FINITE
 
     mode: Literal["lora", "full"] = option(
@@ -159,6 +157,9 @@ class TrainingSettings(BaseModel):
         "cosine", "Learning-rate schedule after warm-up: cosine, linear or constant.")
     weight_decay: float = option(0.0, "AdamW weight decay (>= 0).", ge=0)
     max_grad_norm: float = option(1.0, "Gradient clipping norm (> 0).", gt=0)
+    neftune_noise_alpha: float | None = option(
+        None, "NEFTune: while training, add uniform noise of scale alpha / sqrt(tokens x width) to the input "
+        "embeddings (Jain et al. 2023; 5 is a common value). Unset: no noise.", gt=0)
     seed: int = option(42, "Seed for data order, adapter init and dropout: same seed, same run.", ge=0, le=2**32 - 1)
     optim: str | None = option(
         None, 'Optimizer name as in transformers (e.g. "adamw_torch", "paged_adamw_8bit", "adafactor", "sgd"); '
@@ -263,7 +264,6 @@ class TrainingSettings(BaseModel):
 
 class Settings(BaseSettings):
     """Everything configurable, read from ``BACKPROPAGATE_*`` environment variables."""
-
     model_config = SettingsConfigDict(env_prefix="BACKPROPAGATE_", env_nested_delimiter="__",
                                       extra="ignore", validate_default=True)
 
@@ -318,7 +318,9 @@ def resolve_settings(**overrides: Any) -> Settings:
     """
     unknown = sorted(set(overrides) - set(TRAINER_ARGS))
     if unknown:
-        raise TypeError(f"unknown Trainer argument(s): {', '.join(unknown)}")
+        near = {name: difflib.get_close_matches(name, TRAINER_ARGS, n=1) for name in unknown}
+        said = ", ".join(f"{name} (did you mean {near[name][0]}?)" if near[name] else name for name in unknown)
+        raise BackpropagateError("INPUT_UNKNOWN_OPTION", f"unknown Trainer argument(s): {said}.")
     try:
         base = Settings()
     except ValidationError as exc:

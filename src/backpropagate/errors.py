@@ -15,7 +15,6 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class ErrorSpec:
     """What the catalog knows about one code."""
-
     code: str
     summary: str
     hint: str
@@ -26,6 +25,8 @@ _SPECS = [
     # --- input: arguments and data -------------------------------------------------------------
     ErrorSpec("INPUT_INVALID_VALUE", "An argument has a value outside its allowed range.",
               "Check the value against the parameter table in the README."),
+    ErrorSpec("INPUT_UNKNOWN_OPTION", "A Trainer argument is not one of its options.",
+              "Check the spelling against the parameter table in the README (the message names the near one)."),
     ErrorSpec("INPUT_INVALID_USAGE", "The command line does not parse: an unknown option or command, a missing "
               "or mistyped value.", "See the command's --help for its options."),
     ErrorSpec("INPUT_SEQUENCE_TOO_SHORT", "max_seq_length cuts every sample before its first trained token.",

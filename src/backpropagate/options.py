@@ -8,6 +8,7 @@ README tables (``option_table``) and the settings a resume may change (``trainin
 from __future__ import annotations
 
 import functools
+import inspect
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,6 @@ ValueKind = Literal["switch", "on_off_auto", "int", "float", "path", "text"]
 @dataclass(frozen=True)
 class OptionSpec:
     """One Trainer option as the shells and the docs see it."""
-
     arg: str  # the Trainer argument (and CLI parameter) name
     group: str  # settings group: model, lora or training
     field: str  # the field in that group
@@ -121,3 +121,15 @@ def help_text(spec: OptionSpec) -> str:
         return spec.description
     shown = ("on" if spec.default else "off") if isinstance(spec.default, bool) else plain_value(spec.default)
     return f"{spec.description} [default: {shown}{f', the {spec.preset} preset' if spec.preset else ''}]"
+
+
+def trainer_signature() -> inspect.Signature:
+    """``Trainer.__init__``'s signature, read from the declarations: ``model`` first, every other option a
+    keyword defaulting to ``None`` (unset: the environment, the preset or the declared default decides)."""
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for spec in trainer_options():
+        annotation: Any = str | Path if spec.kind == "path" else \
+            OPTION_GROUPS[spec.group].model_fields[spec.field].annotation
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if spec.arg == "model" else inspect.Parameter.KEYWORD_ONLY
+        params.append(inspect.Parameter(spec.arg, kind, default=None, annotation=annotation | None))
+    return inspect.Signature(params, return_annotation=None)

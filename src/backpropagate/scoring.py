@@ -28,7 +28,6 @@ MAX_SEQ_LENGTH: int = declared_default("max_seq_length")  # rows packed as train
 @dataclass(frozen=True)
 class Score:
     """One model's result on the rows: ``name`` is "adapter", "base" or "model" (a full model folder)."""
-
     name: str
     loss: float
     perplexity: float
@@ -37,7 +36,6 @@ class Score:
 @dataclass
 class EvalReport:
     """What ``evaluate`` measured: the scores, and on what (rows, label tokens, which base)."""
-
     source: str
     base_model: str | None
     data: str
@@ -72,7 +70,6 @@ def evaluate(adapter: str | Path, data: Any, *, base: str | Path | None = None, 
     ``base`` replaces the base named in the adapter's ``adapter_config.json`` (needed when that name was
     redacted). Labels follow ``train_on_responses`` as in training: assistant replies only, by default.
     """
-
     check_count("max_seq_length", max_seq_length)
     check_count("batch_size", batch_size)
     source = resolve_source(adapter)  # a coded error before anything loads
@@ -94,7 +91,6 @@ def _totals(model: Any, samples: list[Any], tokenizer: Any, adapter_on: bool, ma
             batch_size: int, progress: Any) -> tuple[float, int]:
     from contextlib import nullcontext
 
-
     switch = nullcontext() if adapter_on else model.disable_adapter()
     with switch:
         return held_out_totals(model, samples, tokenizer.pad_token_id, max_seq_length=max_seq_length,
@@ -105,7 +101,6 @@ def _load(source: Any, base: str | Path | None, trust_remote_code: bool) -> tupl
     """The model to score (the base with the adapter on it), its tokenizer (the adapter's own when saved)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
 
     base_name = None
     if source.kind == "adapter":

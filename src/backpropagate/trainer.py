@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from .atomic import check_output_dir, check_output_location
 from .config import TRAINER_ARGS, Settings, resolve_settings
@@ -20,6 +21,7 @@ from .export.pipeline import ExportResult, export_model
 from .export.preflight import GgufSupport, gguf_support
 from .hardware import HardwareFacts, probe_hardware
 from .logs import bound_run, configure, get_logger, is_redacted, redact, redact_tree
+from .options import trainer_signature
 from .redaction import check_model_id
 from .storage.store import RunStore
 from .training.answers import check_sample_prompts, greedy_answer, has_adapter, sample_answers_before
@@ -57,55 +59,9 @@ class Trainer:
     one); machine-dependent values are decided at start by :mod:`backpropagate.training.defaults`.
     """
 
-    def __init__(
-        self,
-        model: str | None = None,
-        *,
-        lora_r: int | None = None,
-        lora_alpha: float | None = None,
-        lora_dropout: float | None = None,
-        target_modules: str | list[str] | None = None,
-        learning_rate: float | None = None,
-        batch_size: int | Literal["auto"] | None = None,
-        gradient_accumulation: int | None = None,
-        max_seq_length: int | None = None,
-        output_dir: str | Path | None = None,
-        train_on_responses: bool | None = None,
-        packing: bool | None = None,
-        chunked_loss: bool | None = None,
-        memory_check: Literal["refuse", "warn", "off"] | None = None,
-        warmup_ratio: float | None = None,
-        lr_scheduler: Literal["cosine", "linear", "constant"] | None = None,
-        weight_decay: float | None = None,
-        max_grad_norm: float | None = None,
-        seed: int | None = None,
-        trust_remote_code: bool | None = None,
-        save_steps: int | None = None,
-        keep_checkpoints: int | None = None,
-        eval_steps: int | None = None,
-        early_stopping_patience: int | None = None,
-        early_stopping_min_delta: float | None = None,
-        keep_best: bool | None = None,
-        oom_recovery: bool | None = None,
-        thermal_pause_celsius: float | None = None,
-        thermal_resume_celsius: float | None = None,
-        thermal_critical_celsius: float | None = None,
-        lora_preset: Literal["quality", "fast"] | None = None,
-        use_dora: bool | None = None,
-        init_lora_weights: Literal["default", "pissa", "loftq"] | None = None,
-        mode: Literal["lora", "full"] | None = None,
-        load_in_4bit: bool | None = None,
-        optim: str | None = None,
-        gradient_checkpointing: bool | Literal["auto"] | None = None,
-        use_unsloth: bool | None = None,
-        unsloth_fallback: bool | None = None,
-        report_to: str | list[str] | None = None,
-        strategy: Literal["ddp", "fsdp", "deepspeed"] | None = None,
-        deepspeed_config: str | Path | None = None,
-        zero_stage: int | None = None,
-    ) -> None:
-        args = {k: v for k, v in locals().items() if k not in {"self", "__class__"}}
-        self.settings: Settings = resolve_settings(**args)
+    def __init__(self, model: str | None = None, **options: Any) -> None:
+        """``model`` and any option of the parameter table (``help(Trainer)`` lists them with their types)."""
+        self.settings: Settings = resolve_settings(model=model, **options)
         check_method(self.settings)
         check_strategy(self.settings)  # FSDP / DeepSpeed limits, a DeepSpeed config that does not parse
         check_model_id(self.settings.model.name)  # a token in the id is refused, never sent or stored
@@ -115,8 +71,9 @@ class Trainer:
         self.backend: str | None = None  # "transformers+peft" or "unsloth", once loaded
         self._loaded: LoadedModel | None = None
         self._sharded = False  # after an FSDP / DeepSpeed run this process holds only its share of the weights
-        self.hardware: Any = None  # a HardwareFacts to decide for instead of probing this machine (what-ifs, tests)
         self.controls = RunControls()  # the last run's controls: what stop() signals
+
+    __init__.__signature__ = trainer_signature()  # type: ignore[attr-defined]  # help(), IDEs: every option
 
     def stop(self, reason: str = "trainer.stop()") -> None:
         """Stop the running ``train()`` after its current step: it writes a checkpoint, records the run
@@ -137,9 +94,6 @@ class Trainer:
         top (e.g. ``save_steps=10``); one that changes the training itself makes the resume refuse unless
         ``force=True``. ``new_output_dir`` trains into another folder (a replay) instead of the run's own.
         """
-        import inspect
-
-
         output = Path(output_dir) if output_dir is not None else resolve_settings().training.output_dir
         config = RunStore.for_output(output).get(run_id).config
         accepted = inspect.signature(cls.__init__).parameters
@@ -151,18 +105,13 @@ class Trainer:
                                      hint="Pass the model again (--model, or model=... to Trainer.from_run).")
         return cls(**{**args, **overrides, "output_dir": new_output_dir or output})
 
-    def smart_defaults(self, hardware: Any = None) -> Any:
-        """The values this run uses on ``hardware`` (``self.hardware``, else this machine), each with its reason.
+    def smart_defaults(self, hardware: HardwareFacts | None = None) -> Any:
+        """The values this run uses on ``hardware`` (a ``HardwareFacts``; default: this machine), with reasons.
 
         On a GPU they are fitted to the card by the memory plan (``training.fit``): what changed and why
         is in the table and in ``.changes``.
         """
-
-        return decide_defaults(self.settings, hardware or self._hardware())
-
-    def _hardware(self) -> Any:
-
-        return self.hardware or probe_hardware()
+        return decide_defaults(self.settings, hardware or probe_hardware())
 
     def plan(self, *, seq_len: int | None = None, batch_size: int | None = None,
              vram_gb: float | None = None) -> Any:
@@ -172,8 +121,7 @@ class Trainer:
         listed. ``vram_gb`` plans for a card of that size instead of this machine; ``seq_len`` defaults to
         ``max_seq_length`` and ``batch_size`` to the run's (smart-default) batch size.
         """
-
-        facts = HardwareFacts.gpu(vram_gb, name=f"{vram_gb:g} GB card") if vram_gb else self._hardware()
+        facts = HardwareFacts.gpu(vram_gb, name=f"{vram_gb:g} GB card") if vram_gb else probe_hardware()
         defaults = decide_defaults(self.settings, facts, seq_len=seq_len, batch_size=batch_size)
         plan = memory_plan(self.settings, defaults, seq_len=seq_len)
         return replace(plan, gguf_export=self.gguf_support().line())
@@ -185,7 +133,6 @@ class Trainer:
 
     def gguf_support(self) -> Any:
         """Whether the model can be exported to GGUF, and why not (``export.preflight``); no weights read."""
-
         try:
             return gguf_support(self.settings.model.name)
         except ImportError:
@@ -219,11 +166,10 @@ class Trainer:
         ``eval_data`` (a dataset like ``data``) or ``eval_fraction`` (a seeded share in (0, 0.5] of the rows
         that occur once in ``data``) is scored every ``eval_steps`` steps and at the end (``run.eval_history``);
         with neither, 5 % of a dataset of 1000+ rows is held out (at most 500), a smaller one is not.
-        ``controls`` (a ``RunControls``) carries the stop signal ``stop()`` raises, another temperature
-        sensor and fault injection. ``sample_prompts``: each is answered greedily by the base model before
+        ``controls`` (a ``RunControls``) carries the stop signal ``stop()`` raises and another temperature
+        sensor. ``sample_prompts``: each is answered greedily by the base model before
         the first step and by the tuned model after the last (``run.sample_answers``, ``show-run``).
         """
-
         check_count("steps", steps)
         evaluation = EvalRequest.check(eval_data, eval_fraction, self.settings.training, curriculum=curriculum)
         prompts = check_sample_prompts(sample_prompts)
@@ -248,7 +194,6 @@ class Trainer:
     def _run(self, session: Any, callback: TrainingCallback, log: Any, *, force: bool,
              parallel: ProcessStrategy, prompts: list[str], evaluation: Any) -> TrainingRun:
         """One run, top to bottom: defaults -> data -> resume checks -> model -> loop -> save -> history."""
-
         started, cfg = time.perf_counter(), self.settings.training
         defaults = self._start_up(log)
         recorded = session.record.config if session.record is not None else {}
@@ -362,7 +307,6 @@ class Trainer:
         checkpoints like a single run, so a campaign stopped (``stop()``) or killed in run i resumes from
         run i's last one. ``controls`` as for ``train``. Returns a ``continual.campaign.MultiRunResult``.
         """
-
         check_output_dir(self.output_dir)
         self.controls = controls or self.controls
         self.controls.stop.clear()
@@ -403,7 +347,6 @@ class Trainer:
 
     def _check_memory(self, defaults: Any, log: Any) -> None:
         """On a GPU, before loading weights: refuse (or, with memory_check="warn", say) a plan that does not fit."""
-
         for warning in defaults.warnings:
             log.warning("smart_defaults_lowered_lora", change=warning)
         if defaults.device != "cuda" or self.settings.training.memory_check == "off":
@@ -435,7 +378,6 @@ class Trainer:
     def _write(self, target: Path, callback: TrainingCallback | None,
                state_dict: dict[str, Any] | None = None) -> Path:
         """``save`` itself; ``state_dict`` holds the gathered weights of a sharded model."""
-
         assert self._loaded is not None  # save() refuses, and train() loads, before this
         return save_output(self._loaded, target, callback, state_dict)
 
@@ -465,7 +407,6 @@ class Trainer:
         once trained: STATE_NO_ADAPTER). Before training it loads the model and answers with the base
         model, saying so once per call, so "how did the base model answer this?" works at any time.
         """
-
         if self.last_run is None:
             self.load()
             adapter = not has_adapter(self.model)  # the base: adapter off, or full fine-tuning's loaded weights
@@ -483,7 +424,6 @@ class Trainer:
 
         Outputs default to ``<output_dir>/gguf``, ``<output_dir>/merged`` and the saved adapter folder.
         """
-
         if self.model is None:
             raise BackpropagateError("STATE_NOT_TRAINED", "there is no trained model to export yet.")
         self._check_whole()
@@ -514,7 +454,6 @@ class Trainer:
 
     def _record_export(self, result: Any) -> None:
         """Add the export to the run's history row (``runs.get(id).details["exports"]``)."""
-
         if self.last_run is None:
             return
         store = RunStore.for_output(self.output_dir)
@@ -534,7 +473,6 @@ class Trainer:
 
         The token comes from ``token``, ``HF_TOKEN`` or ``hf auth login``; returns an ``export.hub.PushResult``.
         """
-
         if folder is None:
             if self.model is None:
                 raise BackpropagateError("STATE_NOT_TRAINED", "there is no trained adapter to push yet.")

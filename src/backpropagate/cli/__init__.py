@@ -13,6 +13,8 @@ import sys
 import typer
 
 from .. import __version__
+from ..errors import CATALOG, BackpropagateError
+from ..logs import redact
 
 app = typer.Typer(
     name="backprop",
@@ -47,8 +49,6 @@ def _debug() -> bool:
 
 
 def _report(code: str, message: str, hint: str) -> None:
-    from ..logs import redact
-
     sys.stderr.write(redact(f"[{code}]: {message}\n"))
     if hint:
         sys.stderr.write(redact(f"hint: {hint}\n"))
@@ -56,6 +56,7 @@ def _report(code: str, message: str, hint: str) -> None:
 
 def register_commands() -> None:
     """Import every command module; each registers its commands on ``app`` when imported."""
+    # after `app` exists: each command module registers on it
     from . import data, evaluate, export, info, multi_run, plan, resume, runs, train, ui  # noqa: F401
 
 
@@ -87,12 +88,9 @@ def _usage_error(exc: Exception) -> None:
 
 
 def _fail(exc: Exception) -> None:
-    from ..errors import CATALOG, BackpropagateError
-
     if _debug():
         import traceback
 
-        from ..logs import redact
         sys.stderr.write(redact(traceback.format_exc()))
     if isinstance(exc, BackpropagateError):
         _report(exc.code, exc.message, exc.hint)

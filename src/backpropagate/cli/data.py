@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ..config import declared_default
+from ..config import declared_default, resolve_settings
 from . import app
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def filter_command(
     text_column: str = typer.Option(None, "--text-column", help=TEXT_COLUMN_HELP),
 ) -> None:
     """Drop rows that fail quality filters; print how many each filter removed."""
-    from ..data.quality import build_filters, filter_file
+    from ..data.quality import build_filters, filter_file  # lazy: --help loads no data tool
 
     names = [n.strip() for n in filters.split(",") if n.strip()] if filters is not None else None
     chosen = build_filters(names, tokenizer=tokenizer, min_tokens=min_tokens, max_tokens=max_tokens,
@@ -111,7 +112,7 @@ def dedup_command(
     text_column: str = typer.Option(None, "--text-column", help=TEXT_COLUMN_HELP),
 ) -> None:
     """Remove exact and near-duplicate rows, keeping the first row of each cluster."""
-    from ..data.dedup import dedup_file
+    from ..data.dedup import dedup_file  # lazy: numpy, datasketch
 
     with _bar("deduplicating") as progress:
         results = dedup_file(source, out, method=method, threshold=threshold, num_perm=num_perm,
@@ -148,8 +149,7 @@ def perplexity_command(
     text_column: str = typer.Option(None, "--text-column", help=TEXT_COLUMN_HELP),
 ) -> None:
     """Score every row's perplexity with a reference model; drop rows outside the thresholds."""
-    from ..config import resolve_settings
-    from ..data.perplexity import perplexity_file, scores_path_for
+    from ..data.perplexity import perplexity_file, scores_path_for  # lazy: torch
 
     name = model or resolve_settings().model.name
     with _bar("scoring") as progress:
@@ -182,7 +182,7 @@ def curriculum_command(
     text_column: str = typer.Option(None, "--text-column", help=TEXT_COLUMN_HELP),
 ) -> None:
     """Order rows from easy to hard by perplexity (with --scores) or a length/complexity score."""
-    from ..data.curriculum import curriculum_file
+    from ..data.curriculum import curriculum_file  # lazy: --help loads no data tool
 
     with _bar("ordering") as progress:
         progress(0, 1)
@@ -213,8 +213,8 @@ def report_command(
 
     Exits with status 2 when the verdict is FAIL.
     """
-    from ..data.report import build_report, write_html
-    from ..data.rowset import check_output_path, write_json
+    from ..data.report import build_report, write_html  # lazy: numpy, matplotlib
+    from ..data.rowset import check_output_path, write_json  # lazy: --help loads no data tool
 
     if json_path is not None:  # refuse bad output paths before the (long) analysis
         check_output_path(json_path, inputs=[Path(source)], overwrite=overwrite, what="JSON report", suffixes=(".json",))
@@ -246,11 +246,8 @@ def preview_command(
     text_column: str = typer.Option(None, "--text-column", help=TEXT_COLUMN_HELP),
 ) -> None:
     """Show what one row becomes for a model: the rendered text with the trained tokens highlighted."""
-    import json
-
-    from ..config import resolve_settings
-    from ..data.preview import preview
-    from ..data.reference import resolve_tokenizer
+    from ..data.preview import preview  # lazy: transformers templates
+    from ..data.reference import resolve_tokenizer  # lazy: transformers tokenizers
 
     tokenizer = resolve_tokenizer(model or resolve_settings().model.name)
     shown = preview(source, tokenizer, row, train_on_responses=not all_tokens, format=format, text_column=text_column)

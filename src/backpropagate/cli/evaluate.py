@@ -8,6 +8,7 @@ import typer
 
 from ..config import declared_default
 from . import app
+from .progress import batch_progress
 
 
 @app.command("eval")
@@ -29,8 +30,7 @@ def eval_command(
     """Score a saved adapter and its base on a dataset: mean loss per label token and perplexity."""
     from transformers.utils import logging as hf_logging
 
-    from ..scoring import evaluate
-    from .progress import batch_progress
+    from ..scoring import evaluate  # lazy: torch
 
     hf_logging.disable_progress_bar()
     with batch_progress("scoring", enabled=not as_json) as progress:

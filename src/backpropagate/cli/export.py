@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ..errors import BackpropagateError
 from . import app
 
 _QUANTS = "q4_k_m, q5_k_m, q6_k, q4_0, q8_0, f16, bf16, f32"
@@ -29,11 +30,10 @@ def export(
     """Export to GGUF (verified against the PyTorch model), a LoRA GGUF, or merged weights."""
     from transformers.utils import logging as hf_logging
 
-    from ..export import export_model
+    from ..export import export_model  # lazy: torch, gguf
 
     hf_logging.disable_progress_bar()
     if ollama and not ollama_name:
-        from ..errors import BackpropagateError
 
         raise BackpropagateError("INPUT_INVALID_VALUE", "--ollama needs --ollama-name NAME.")
     result = export_model(source, format, quantization=quantization, output=output, base=base,
@@ -62,7 +62,7 @@ def push(
     private: bool = typer.Option(False, "--private", help="Create the repo as private."),
 ) -> None:
     """Upload a folder to the Hugging Face Hub with a generated model card (token: HF_TOKEN or `hf auth login`)."""
-    from ..export import push_folder
+    from ..export import push_folder  # lazy: torch, gguf
 
     result = push_folder(folder, repo, private=private)
     typer.echo(f"pushed {len(result.files)} files to {result.repo_id}{' (private)' if private else ''}")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import typer
 
+from ..errors import CATALOG
+from ..hardware import environment_report
+from ..presets import LORA_PRESETS, presets_table
 from . import app
 
 
@@ -15,13 +20,10 @@ def info(
                                  "and the LoRA presets."),
 ) -> None:
     """Python, torch, CUDA/GPU/VRAM, OS, installed extras and library versions."""
-    import json
-
     if presets:
         _print_presets(as_json)
         return
     if error_codes:
-        from ..errors import CATALOG
 
         if as_json:
             typer.echo(json.dumps({c: {"summary": s.summary, "hint": s.hint, "retryable": s.retryable}
@@ -31,7 +33,6 @@ def info(
             retry = " (retryable)" if spec.retryable else ""
             typer.echo(f"{code}{retry}\n    {spec.summary}\n    hint: {spec.hint}")
         return
-    from ..hardware import environment_report
 
     report = environment_report()
     if as_json:
@@ -45,10 +46,6 @@ def info(
 
 
 def _print_presets(as_json: bool) -> None:
-    import json
-
-    from ..presets import LORA_PRESETS, presets_table
-
     rows = presets_table()
     lora = {name: {"r": p.r, "alpha": p.alpha, "target_modules": p.target_modules, "lr_multiplier": p.lr_multiplier,
                    "why": p.why} for name, p in LORA_PRESETS.items()}

@@ -8,6 +8,8 @@ import typer
 
 from . import app
 from .options import with_trainer_options
+from .progress import TrainingProgress
+from .train import interruptible
 
 if TYPE_CHECKING:
     from ..continual.campaign import MultiRunResult
@@ -36,9 +38,7 @@ def multi_run(
     **options: Any,
 ) -> None:
     """Train several runs one after another and merge them with SLAO; print the forgetting report."""
-    from ..trainer import Trainer
-    from .progress import TrainingProgress
-    from .train import interruptible
+    from ..trainer import Trainer  # lazy: torch
 
     trainer = Trainer(**options)
     dataset = (data[0] if len(data) == 1 else list(data)) if data else None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import typer
 
+from ..training.methods import MethodArguments, method_arguments
 from . import app
 from .options import with_trainer_options
 
@@ -26,10 +28,7 @@ def plan(
     **options: Any,
 ) -> None:
     """Estimate peak memory of the step the run will use (smart defaults fitted to the card) and whether it fits."""
-    import json
-
-    from ..trainer import Trainer
-    from ..training.methods import MethodArguments, method_arguments
+    from ..trainer import Trainer  # lazy: torch
 
     chosen: MethodArguments = method_arguments(method) if method else {}
     trainer = Trainer(**options, **chosen)

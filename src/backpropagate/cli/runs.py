@@ -9,9 +9,12 @@ from typing import Any
 
 import typer
 
+from .. import runs
 from ..logs import redact_tree
-from ..runs.describe import seconds_text, short
+from ..runs.describe import describe, seconds_text, short
+from ..runs.history import duration_seconds
 from . import app
+from .progress import TrainingProgress
 
 _OUTPUT_HELP = "Output directory whose runs.db to read [default: every output directory trained into]."
 
@@ -33,9 +36,6 @@ def list_runs(
 ) -> None:
     """The recorded runs, newest first."""
     from rich.table import Table
-
-    from .. import runs
-    from ..runs.history import duration_seconds
 
     records = runs.list(output, status=status, limit=limit)
     if as_json:
@@ -62,9 +62,6 @@ def show_run(
     output: Path = typer.Option(None, "--output", "-o", help=_OUTPUT_HELP),
 ) -> None:
     """Everything a run recorded: settings, data, status, checkpoints, exports, merges, loss curve."""
-    from .. import runs
-    from ..runs.describe import describe
-
     r = runs.get(run_id, output)
     typer.echo(describe(r))
     if plot is not None:
@@ -81,8 +78,6 @@ def diff_runs(
 ) -> None:
     """Two runs side by side: the settings that differ, the data, and the results."""
     from rich.table import Table
-
-    from .. import runs
 
     d = runs.diff(a, b, output)
     table = Table(title=f"{d.a.run_id[:8]} vs {d.b.run_id[:8]}")
@@ -118,9 +113,6 @@ def replay(
     force: bool = typer.Option(False, "--force", help="Replay even if the dataset file changed."),
 ) -> None:
     """Train a run again with its own settings and data; the new run links back to it."""
-    from .. import runs
-    from .progress import TrainingProgress
-
     with TrainingProgress(None) as progress:
         run = runs.replay(run_id, history, new_output=output, force=force, callback=progress.callback())
     original = runs.get(run_id, history)
@@ -139,8 +131,6 @@ def export_runs(
     output: Path = typer.Option(None, "--output", "-o", help=_OUTPUT_HELP),
 ) -> None:
     """The whole run history, for spreadsheets and scripts."""
-    from .. import runs
-
     text = runs.export(format, out, output, status=status)
     if out is None:
         typer.echo(text, nl=False)

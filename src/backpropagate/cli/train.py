@@ -9,8 +9,12 @@ from typing import Any
 
 import typer
 
+from ..logs import redact
+from ..training.answers import answers_text
 from . import app
+from .launch import launch
 from .options import with_trainer_options
+from .progress import TrainingProgress
 
 
 @app.command()
@@ -48,17 +52,15 @@ def train(
     import os
     import sys
 
-    from ..trainer import Trainer
-    from .progress import TrainingProgress
+    from ..trainer import Trainer  # lazy: torch
 
     trainer = Trainer(**{**options, "strategy": "fsdp" if fsdp else options["strategy"]})
     if nproc is not None:
-        from ..training.parallel import check_nproc
+        from ..training.parallel import check_nproc  # lazy: torch
 
         check_nproc(nproc)
     launching = (nproc or 1) > 1 or nnodes > 1
     if launching and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # not yet under a launcher: become one
-        from .launch import launch
 
         raise typer.Exit(launch(sys.argv[1:], nproc=nproc or 1, nnodes=nnodes, node_rank=node_rank,
                                 master_addr=master_addr, master_port=master_port))
@@ -82,8 +84,6 @@ def print_run(run: Any) -> None:
         typer.echo(f"eval loss: {run.eval_history[-1][1]:.4f}  best {run.best_eval_loss:.4f} at step "
                    f"{run.best_step}" + (f"  ({run.stop_reason})" if run.stop_reason else ""))
     if run.sample_answers:
-        from ..logs import redact
-        from ..training.answers import answers_text
 
         typer.echo("before / after:\n" + redact(answers_text(run.sample_answers)))
 
@@ -108,7 +108,7 @@ def interruptible(trainer: Any) -> Iterator[None]:
     prints the command that resumes it and exits 130. Multi-process runs keep the launcher's handling."""
     import os
 
-    from ..training.stop import RunInterrupted, stop_on_sigint
+    from ..training.stop import RunInterrupted, stop_on_sigint  # lazy: torch
 
     graceful = stop_on_sigint(trainer.stop) if int(os.environ.get("WORLD_SIZE", "1")) <= 1 else nullcontext()
     try:
@@ -125,8 +125,7 @@ def demo(
     steps: int = typer.Option(None, help="Optimizer steps [default: the demo's tuned value]."),
 ) -> None:
     """Offline end-to-end demo: build a tiny llama, fine-tune it on the quickstart data, chat with it."""
-    from ..demo import run_demo
-    from .progress import TrainingProgress
+    from ..demo import run_demo  # lazy: torch
 
     with TrainingProgress(None) as progress:
         result = run_demo(output, steps=steps, callback=progress.callback(), on_start=progress.set_total)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from ..logs import get_logger
 from . import app
 
 
@@ -26,10 +27,9 @@ def ui(
     (default ~/.backpropagate/ui-outputs). Credentials: --auth, else --auth-file, else
     BACKPROPAGATE_UI__AUTH_FILE, else BACKPROPAGATE_UI__AUTH (user:password).
     """
-    from ..ui import launch
+    from ..ui import launch  # lazy: gradio
 
     if auth:
-        from ..logs import get_logger
 
         get_logger().warning("auth_on_command_line", hint="other users of this machine can read --auth in the "
                              "process list; set BACKPROPAGATE_UI__AUTH or use --auth-file instead")

@@ -53,7 +53,6 @@ EXPERIMENTAL_NOTE = "experimental: {what} is not covered by the SLAO paper; the 
 @dataclass
 class CampaignTools:
     """What a campaign needs from its Trainer: settings, where to write, and how to decide, load and save."""
-
     settings: Settings
     output_dir: Path
     defaults: Callable[[], Any]  # the smart defaults (a RunDefaults), decided once the arguments are checked
@@ -65,7 +64,6 @@ class CampaignTools:
 @dataclass
 class MultiRunResult:
     """What ``Trainer.multi_run`` returns; ``output_path`` holds the merged adapter (a PEFT folder)."""
-
     run_id: str
     merge_mode: str
     steps_per_run: int
@@ -117,7 +115,6 @@ def _check_arguments(settings: Any, num_runs: Any, steps_per_run: Any, merge_mod
 def _campaign_config(settings: Settings, slices: Sequence[RunSlice], loaded: Sequence[Any], names: Sequence[str],
                      steps_per_run: int, samples_per_run: int | None, merge_mode: str, eval_fraction: float,
                      schedule: Any, experimental: bool, format: str | None, text_column: str | None) -> dict:
-
     fingerprints = [d.fingerprint for d in loaded]
     config = run_config(settings, steps=steps_per_run * len(slices), data_path=names[0],
                         fingerprint="+".join(fingerprints), format=format, text_column=text_column)
@@ -162,7 +159,6 @@ def run_campaign(tools: CampaignTools, dataset: Any = None, *, num_runs: int | N
                  resume: str | bool | None = None, force: bool = False, format: str | None = None,
                  text_column: str | None = None, callback: TrainingCallback | None = None) -> MultiRunResult:
     """The body of :meth:`backpropagate.Trainer.multi_run` (see there for the arguments)."""
-
     log = get_logger()
     args, sources, notes = _checked(tools, dataset, resume, {
         "num_runs": num_runs, "steps_per_run": steps_per_run, "samples_per_run": samples_per_run,
@@ -189,7 +185,7 @@ def run_campaign(tools: CampaignTools, dataset: Any = None, *, num_runs: int | N
                          data=names[0], steps=config["steps"], format=format, text_column=text_column)
     session.settings, session.config, session.force = tools.settings, config, force
     with bound_run(session.run_id):
-        campaign = _Campaign(tools, session, slices, args["merge_mode"], args["steps_per_run"],
+        campaign = Campaign(tools, session, slices, args["merge_mode"], args["steps_per_run"],
                              args["lambda_schedule"], notes, callback or TrainingCallback(), log)
         return campaign.run(defaults)
 
@@ -212,7 +208,7 @@ def _name(source: Any) -> str:
     return f"<{type(source).__name__}>"
 
 
-class _Campaign:
+class Campaign:
     """One campaign's loop; holds what every run needs so each step below reads as one line."""
 
     def __init__(self, tools: CampaignTools, session: Any, slices: list[RunSlice], merge_mode: str,
@@ -226,7 +222,6 @@ class _Campaign:
         self.trackers: Any = None
 
     def run(self, defaults: Any) -> MultiRunResult:
-
         started, log = time.perf_counter(), self.log
         log.info("multi_run_started", run_id=self.run_id, runs=len(self.slices), merge_mode=self.merge_mode,
                  steps_per_run=self.steps_per_run, resume=self.session.resuming)
@@ -241,7 +236,7 @@ class _Campaign:
                                             output_dir=self.tools.output_dir, config=self.config, log=log)
             self.callback = self.trackers.callback(self.callback)  # sees the campaign-wide step numbers
             for i in range(state.runs_done + 1, len(self.slices) + 1):
-                state = self._one_run(i, state, tokenized, defaults)
+                state = self.train_run(i, state, tokenized, defaults)
                 self.session.store.progress(self.run_id, completed_steps=i * self.steps_per_run,
                                             loss_history=_flat(state.loss_histories), checkpoints=[str(self.run_dir)])
                 self.session.store.set_details(self.run_id, self._details(state))
@@ -255,7 +250,6 @@ class _Campaign:
 
     # ---- state ------------------------------------------------------------------------------------
     def _start_state(self) -> CampaignState:
-
         session = self.session
         state = newest_good_state(self.run_dir, self.schedule, self.log) if session.resuming else None
         done = state.runs_done if state else 0
@@ -280,14 +274,11 @@ class _Campaign:
         return next_init(state.slao)
 
     # ---- one run ----------------------------------------------------------------------------------
-    def _one_run(self, i: int, state: CampaignState, tokenized: list, defaults: Any) -> CampaignState:
+    def train_run(self, i: int, state: CampaignState, tokenized: list, defaults: Any) -> CampaignState:
         """Run i as an ordinary run segment (its own step checkpoints), then merge, score and checkpoint."""
-
         log, model, settings = self.log, self.loaded.model, self.tools.settings
         train, _ = tokenized[i - 1]
         log.info("multi_run_run_started", run=i, of=len(self.slices), rows=len(train), data=self.slices[i - 1].name)
-        if self.controls.fault is not None:
-            self.controls.fault("run_start", i, None)
         set_lora_pairs(model, self._init_pairs(state))
         part = self.session.segment(self.run_dir / f"run-{i:04d}", steps=self.steps_per_run,
                                     step_offset=(i - 1) * self.steps_per_run,
@@ -331,7 +322,6 @@ class _Campaign:
 
     # ---- the end ----------------------------------------------------------------------------------
     def _finish(self, state: CampaignState, started: float) -> MultiRunResult:
-
         output_dir = self.tools.output_dir
         set_lora_pairs(self.loaded.model, state.slao.merged)
         output = self.tools.save(self._merged_dir())

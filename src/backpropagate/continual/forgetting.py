@@ -105,7 +105,6 @@ class ForgettingReport:
     ``accuracy[i][j]`` / ``loss[i][j]``: score on task j's held-out slice after run i (j <= i).
     ``notes`` carries flags a reader must see next to the numbers (e.g. an experimental adapter type).
     """
-
     accuracy: list[list[float]] = field(default_factory=list)
     loss: list[list[float]] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
@@ -290,7 +289,6 @@ def evaluate(model: torch.nn.Module, samples: Sequence[TokenizedSample], pad_tok
     is restored afterwards.
     """
     import torch
-
 
     width = max([max_seq_length, *(len(s.input_ids) for s in samples)])  # never truncate a held-out sample
     rows = pack(samples, width, seed=None).rows

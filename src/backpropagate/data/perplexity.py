@@ -32,7 +32,6 @@ SCORE_MODES = ("assistant", "all")
 @dataclass(frozen=True)
 class PerplexityScore:
     """One row's score; ``perplexity`` is None when nothing could be scored (``error`` says why)."""
-
     row: int  # 0-based
     perplexity: float | None
     mean_nll: float | None
@@ -50,7 +49,6 @@ class PerplexityScore:
 @dataclass
 class PerplexityResult:
     """Scores of every row, rows kept, and why each dropped row was dropped (0-based row -> reason)."""
-
     scores: list[PerplexityScore]
     kept: list[int]
     dropped: dict[int, str] = field(default_factory=dict)
@@ -65,7 +63,6 @@ class PerplexityResult:
 def _score_batch(model: Any, rows: Sequence[Any], pad: int, lengths: list[int], nll: Any, counts: Any) -> None:
     """Add each packed sample's summed token loss and token count of one batch into ``nll`` / ``counts``."""
     import torch
-
 
     batch = collate(list(rows), pad)
     owner = torch.full_like(batch["targets"], -1)
@@ -94,7 +91,6 @@ def score_examples(examples: Sequence[Example], model: Any, tokenizer: Any = Non
     ``packing=False`` runs one row per sequence, for models whose attention cannot separate packed rows.
     """
     import torch
-
 
     if on not in SCORE_MODES:
         raise invalid_value("on", on, "'assistant' or 'all'")
@@ -136,7 +132,6 @@ def score_examples(examples: Sequence[Example], model: Any, tokenizer: Any = Non
 
 def _tokenize(examples: Sequence[Example], tokenizer: Any, on: str) -> tuple[list[Any], dict[int, str]]:
     """Training-identical samples; a row the template refuses becomes an empty sample with its reason."""
-
     samples, errors = [], {}
     for i, example in enumerate(examples):
         try:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import declared_default
-from ..errors import invalid_value
+from ..errors import BackpropagateError, invalid_value
 from .chat_template import template_traits
 from .dedup import deduplicate
 from .langid import detect_language
@@ -44,7 +44,6 @@ MAX_SEQ_LENGTH: int = declared_default("max_seq_length")  # training's: rows lon
 @dataclass
 class DataReport:
     """Everything ``backprop data report`` shows; ``to_dict`` is the JSON form."""
-
     source: str
     format: str
     format_reason: str
@@ -113,7 +112,6 @@ def build_report(source: Any, *, tokenizer: Any = None, max_seq_length: int | No
     """Analyse a dataset. With ``tokenizer`` lengths are real tokens (rendered with its chat template),
     otherwise words; ``languages`` adds the language filter (the language mix is always measured)."""
     import numpy as np
-
 
     if max_seq_length is not None and (isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int)
                                        or max_seq_length < 1):
@@ -208,7 +206,6 @@ def histogram_png(report: DataReport) -> bytes:
     try:
         from matplotlib.figure import Figure
     except ImportError as exc:
-        from ..errors import BackpropagateError
 
         raise BackpropagateError("DEP_EXTRA_MISSING",
                                  "the HTML report needs matplotlib: pip install 'backpropagate[data]'.") from exc

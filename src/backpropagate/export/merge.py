@@ -25,7 +25,6 @@ _BASE_REWRITING_INITS = ("pissa", "olora", "corda")
 @dataclass(frozen=True)
 class ExportSource:
     """An export input: a PEFT adapter folder or a full model folder."""
-
     path: Path
     kind: str  # "adapter" | "model"
     adapter_config: dict[str, Any] | None = None
@@ -149,7 +148,6 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, *, base: str 
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
 
     source = resolve_source(adapter_dir)
     if source.kind != "adapter":

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..logs import redact, redact_tree
 from ..storage.store import RunRecord
+from ..training.answers import answers_text
 from .history import duration_seconds, flatten
 from .plots import terminal_curve
 
@@ -74,7 +75,6 @@ def _evaluation(r: RunRecord) -> str:
 def _answers(r: RunRecord) -> str:
     if not r.details.get("sample_answers"):
         return ""
-    from ..training.answers import answers_text
 
     return "before / after (greedy: base model, then the tuned one)\n" + answers_text(r.details["sample_answers"])
 
@@ -82,7 +82,7 @@ def _answers(r: RunRecord) -> str:
 def _campaign(r: RunRecord) -> str:
     if r.details.get("kind") != "multi_run":
         return ""
-    from ..continual.forgetting import ForgettingReport
+    from ..continual.forgetting import ForgettingReport  # lazy: torch
 
     lines = ["multi-run merges"]
     lines += [f"  run {run['run']}: {run['train_rows']} rows (+{run['holdout_rows']} held out) of "

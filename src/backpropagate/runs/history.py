@@ -13,7 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..atomic import check_output_location, write_text_atomically
+from ..config import Settings
 from ..errors import BackpropagateError, invalid_value
+from ..logs import get_logger, is_redacted, redact_tree
 from ..storage.index import known_output_dirs
 from ..storage.store import STATUSES, RunRecord, RunStore
 
@@ -21,8 +24,6 @@ EXPORT_FORMATS = ("jsonl", "csv", "json")
 
 
 def _default_output() -> Path:
-    from ..config import Settings
-
     return Path(Settings().training.output_dir).expanduser()
 
 
@@ -63,7 +64,6 @@ def _readable(store: RunStore, searching: bool) -> builtins.list[RunRecord]:
     except BackpropagateError as exc:
         if not searching or exc.code != "STATE_HISTORY_CORRUPT":
             raise
-        from ..logs import get_logger
 
         get_logger().warning("history_skipped", path=str(store.path), error=exc.message)
         return []
@@ -125,7 +125,6 @@ def duration_seconds(record: RunRecord) -> float | None:
 @dataclass
 class RunDiff:
     """Two runs side by side: only the configuration keys that differ, and their results."""
-
     a: RunRecord
     b: RunRecord
     config: dict[str, tuple[Any, Any]] = field(default_factory=dict)
@@ -162,8 +161,8 @@ def replay_run(run_id: str, output_dir: str | Path | None = None, *, new_output:
     The original's dataset must still hash the same (``STATE_DATASET_CHANGED`` unless ``force``). The new
     run goes to ``new_output`` (default ``<output>/replays/<id8>-<time>``), so the original stays as it was.
     """
-    from ..data import load_examples
-    from ..trainer import Trainer
+    from ..data import load_examples  # lazy: datasets, numpy
+    from ..trainer import Trainer  # lazy: torch
 
     record = get_run(run_id, output_dir)
     if record.is_campaign:
@@ -175,7 +174,6 @@ def replay_run(run_id: str, output_dir: str | Path | None = None, *, new_output:
     if not path:
         raise BackpropagateError("INPUT_FILE_NOT_FOUND", f"run {record.run_id[:8]} was trained on an in-memory "
                                  "dataset, so it cannot be replayed from the history.")
-    from ..logs import is_redacted
 
     if is_redacted(path):
         raise BackpropagateError("INPUT_RECORDED_PATH_REDACTED", f"the dataset path of run {record.run_id[:8]} "
@@ -208,7 +206,6 @@ class Resumption:
 
     Split from :meth:`run` so a shell can wire its Stop (``trainer.stop()``) to the trainer first.
     """
-
     record: RunRecord
     trainer: Any
 
@@ -227,7 +224,7 @@ def prepare_resume(run_id: str, output_dir: str | Path | None = None, *, model: 
 
     ``model`` replaces a recorded base-model name that held a credential (kept redacted in the history).
     """
-    from ..trainer import Trainer
+    from ..trainer import Trainer  # lazy: torch
 
     trainer = Trainer.from_run(run_id, output_dir, **({"model": model} if model else {}))
     return Resumption(RunStore.for_output(trainer.output_dir).get(run_id), trainer)
@@ -235,8 +232,6 @@ def prepare_resume(run_id: str, output_dir: str | Path | None = None, *, model: 
 
 def _row(record: RunRecord) -> dict[str, Any]:
     """Redacted: a history written before redaction covered paths may still hold a token."""
-    from ..logs import redact_tree
-
     return redact_tree(asdict(record))
 
 
@@ -244,7 +239,6 @@ def export_runs(format: str = "jsonl", out: str | Path | None = None, output_dir
                 *, status: str | None = None) -> str:
     """The history as JSON lines, CSV (nested fields as JSON text) or one JSON array; written atomically to
     ``out`` when given. Returns the text."""
-    from ..atomic import check_output_location, write_text_atomically
 
     if format not in EXPORT_FORMATS:
         raise invalid_value("format", format, "one of " + ", ".join(EXPORT_FORMATS))

@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..atomic import check_output_location, write_file_atomically
 from ..errors import BackpropagateError
 
 _LEVELS = " ▁▂▃▄▅▆▇█"
@@ -41,7 +42,6 @@ def plot_losses(series: Mapping[str, Sequence[float]], path: str | Path, *, titl
     except ImportError as exc:
         raise BackpropagateError("DEP_EXTRA_MISSING", "loss plots need matplotlib, which is not installed.",
                                  hint='pip install "backpropagate[data]"') from exc
-    from ..atomic import check_output_location, write_file_atomically
 
     check_output_location(path, "--plot")  # before drawing: a refused path costs nothing
 

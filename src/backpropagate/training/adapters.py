@@ -28,7 +28,6 @@ from .loftq import init_loftq
 @dataclass
 class Trainable:
     """The model to train and what saving it needs."""
-
     model: Any
     init_adapter_dir: Path | None = None  # PiSSA: the initial adapter, for the conversion on save
     trainable_params: int = 0
@@ -59,7 +58,6 @@ def build_full(model: Any) -> Trainable:
 def build_lora(model: Any, lora: LoraSettings, seed: int, *, model_name: str) -> Trainable:
     """Wrap ``model`` in a LoRA (or DoRA) adapter initialised as ``lora.init_weights`` asks."""
     from peft import LoraConfig, get_peft_model
-
 
     init: bool | Literal["pissa"] = "pissa" if lora.init_weights == "pissa" else True
     linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]

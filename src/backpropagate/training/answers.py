@@ -44,7 +44,6 @@ def greedy_answer(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: in
     generates (no dropout), the model's train/eval mode is restored after."""
     import torch
 
-
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]

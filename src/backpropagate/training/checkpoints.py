@@ -25,7 +25,7 @@ import json
 import os
 import re
 import shutil
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,15 +34,13 @@ import torch
 
 from ..atomic import write_dir_atomically
 from ..errors import BackpropagateError
-from .engine import FaultHook, LoopState
+from .engine import LoopState
 from .rng import capture_rng, restore_rng, rng_from_saved, rng_tensors, rng_to_json
 from .sharding import load_full_state
 from .zero import load_partition, partition_name
 
 FORMAT_VERSION = 1
 CHECKPOINTS_DIR = "checkpoints"
-# Test hook: seconds to sleep after each file, so a test can SIGKILL a process in the middle of a write.
-DELAY_ENV = "BACKPROPAGATE_TEST_CHECKPOINT_DELAY"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -94,7 +92,7 @@ def _trainer_state(state: LoopState, run_id: str, elapsed_seconds: float, rng: A
 
 
 def write_checkpoint(run_dir: Path, state: LoopState, *, run_id: str, config: dict[str, Any],
-                     elapsed_seconds: float = 0.0, fault_hook: FaultHook | None = None,
+                     elapsed_seconds: float = 0.0,
                      gathered: tuple[dict[str, torch.Tensor], dict[str, Any] | None] | None = None,
                      staged: dict[str, Path] | None = None) -> Path:
     """Write the checkpoint of ``state`` (after ``state.step`` steps) atomically; returns its folder.
@@ -112,7 +110,6 @@ def write_checkpoint(run_dir: Path, state: LoopState, *, run_id: str, config: di
                                  hint="DeepSpeed checkpoints need an output directory every node shares.")
     weights, optimizer_state = gathered or (trainable_weights(state.model), state.optimizer.state_dict())
     step = state.step
-    delay = float(os.environ.get(DELAY_ENV) or 0)
     rng = capture_rng()
     # DeepSpeed's partitioned optimizer state is not in optimizer.pt (see training.zero)
     trainer_state = _trainer_state(state, run_id, elapsed_seconds, rng, optimizer_saved=optimizer_state is not None)
@@ -127,14 +124,7 @@ def write_checkpoint(run_dir: Path, state: LoopState, *, run_id: str, config: di
     ]
 
     def write(folder: Path) -> None:
-        files = {}
-        for name, writer in writers:
-            if fault_hook is not None:
-                fault_hook("checkpoint", step, name)
-            writer(folder / name)
-            files[name] = _sync_and_hash(folder / name)
-            if delay:
-                time.sleep(delay)
+        files = {name: write_file(folder / name, writer) for name, writer in writers}
         manifest = {"format": FORMAT_VERSION, "run_id": run_id, "step": step, "files": files}
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
         _sync_and_hash(folder / "manifest.json")
@@ -169,6 +159,12 @@ def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file(tensors, str(path))
+
+
+def write_file(path: Path, writer: Callable[[Path], Any]) -> dict[str, Any]:
+    """Write one file of a checkpoint and return its size and sha256, read back after fsync."""
+    writer(path)
+    return _sync_and_hash(path)
 
 
 def _sync_and_hash(path: Path) -> dict[str, Any]:
@@ -331,7 +327,6 @@ def restore_into(state: LoopState, ckpt: LoadedCheckpoint, *, keep_batch: bool =
 
 def _zero_partition(state: LoopState, ckpt: LoadedCheckpoint) -> dict[str, Any] | None:
     """This rank's DeepSpeed optimizer partition, if the checkpoint has one for this world size and stage."""
-
     parallel = state.parallel
     if ckpt.trainer_state.get("zero") != {"world_size": parallel.world_size, "stage": parallel.zero_stage}:
         return None

@@ -146,7 +146,6 @@ def build_optimizer(model: torch.nn.Module, cfg: LoopConfig) -> tuple[torch.opti
 @dataclass
 class LoopState:
     """The loop between two optimizer steps: what a checkpoint captures and what the guards adjust."""
-
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -166,21 +165,16 @@ class LoopState:
     extra: dict[str, Any] = field(default_factory=dict)  # hooks' own state, saved in checkpoints (evaluation)
 
 
-FaultHook = Callable[[str, int, Any], None]
-
-
 @dataclass
 class LoopHooks:
     """Optional hooks of the loop; the run session supplies them.
 
     ``restore(state)`` runs once before the first step (resuming from a checkpoint); ``after_step(state)``
-    after every optimizer step (checkpoints, thermal guard); ``fault("micro_batch", step, index)`` before
-    every micro-batch, so tests can inject faults; ``oom`` is the recovery policy (a ``guards.OomRecovery``).
+    after every optimizer step (checkpoints, thermal guard); ``oom`` is the recovery policy (a
+    ``guards.OomRecovery``).
     """
-
     restore: Callable[[LoopState], None] | None = None
     after_step: Callable[[LoopState], None] | None = None
-    fault: FaultHook | None = None
     oom: Any = None
 
 
@@ -210,7 +204,7 @@ def train_loop(model: torch.nn.Module, samples: Sequence[TokenizedSample], cfg: 
     while state.step < cfg.steps and state.stop_reason is None:
         step = state.step + 1
         micro_batches, loss_total, n_targets = oom.run_step(
-            state, step, functools.partial(_accumulate, state, step, pad_token_id, callback, hooks.fault))
+            state, step, functools.partial(_accumulate, state, step, pad_token_id, callback))
         loss = loss_total / max(n_targets, 1)
         if not math.isfinite(loss):
             raise BackpropagateError("RUNTIME_LOSS_NOT_FINITE", f"loss is {loss} at step {step}.")
@@ -266,8 +260,8 @@ def _start(model: torch.nn.Module, samples: Sequence[TokenizedSample], cfg: Loop
     return state
 
 
-def _accumulate(state: LoopState, step: int, pad_token_id: int, callback: TrainingCallback,
-                fault: FaultHook | None) -> tuple[list[list[PackedRow]], float, int]:
+def _accumulate(state: LoopState, step: int, pad_token_id: int,
+                callback: TrainingCallback) -> tuple[list[list[PackedRow]], float, int]:
     """Forward and backward passes of one optimizer step: its micro-batches, summed loss and target count.
 
     In a multi-process run the sums are over every rank, and each rank's loss is scaled by the world size
@@ -283,8 +277,6 @@ def _accumulate(state: LoopState, step: int, pad_token_id: int, callback: Traini
     chunked = state.chunked_loss and not parallel.distributed
     last = len(micro_batches) - 1
     for index, rows in enumerate(micro_batches):
-        if fault is not None:
-            fault("micro_batch", step, index)
         with parallel.no_sync(state.forward_model, index == last):
             loss_sum, _ = forward_packed(state.forward_model, collate(rows, pad_token_id),
                                          chunked_loss=chunked)

@@ -10,6 +10,7 @@ no held-out row is also trained on; the rows left out for being duplicated are c
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import dataclass, field, replace
@@ -37,7 +38,6 @@ BEST_WEIGHTS = "best-weights-step-{step:06d}.safetensors"  # by step: a resume l
 @dataclass
 class HoldOut:
     """The rows a run trains on and the rows it is evaluated on."""
-
     train: Any  # a data.LoadedData
     eval_examples: list[Any]
     eval_rows: list[int] = field(default_factory=list)  # 0-based rows of ``data`` held out (fraction mode)
@@ -52,7 +52,6 @@ class HoldOut:
 @dataclass
 class EvalRequest:
     """What ``train(eval_data=..., eval_fraction=...)`` asked for, checked; then the split it made."""
-
     eval_data: Any = None
     eval_fraction: float | None = None
     patience: int | None = None
@@ -92,7 +91,6 @@ class EvalRequest:
     def evaluator(self, loaded: Any, defaults: Any, training: Any, session: Any, log: Any, *,
                   distributed: bool = False) -> Evaluator | None:
         """The run's evaluator over the tokenized held-out rows (None without any)."""
-
         if self.held_out is None or not self.held_out.enabled:
             return None
         if distributed:
@@ -107,7 +105,6 @@ class EvalRequest:
 def rows_fingerprint(examples: list[Any]) -> str:
     """sha256 of the rows' normalized texts, in order: which rows a run holds out."""
     import hashlib
-
 
     digest = hashlib.sha256()
     for example in examples:
@@ -134,7 +131,6 @@ def check_request(eval_data: Any, eval_fraction: float | None, *, curriculum: bo
 def hold_out(data: Any, *, eval_data: Any = None, eval_fraction: float | None = None, seed: int,
              require_assistant: bool, curriculum: bool = False, log: Any = None) -> HoldOut:
     """Split ``data`` (a ``data.LoadedData``) into training and held-out rows; coded errors before any load."""
-
     if eval_data is not None:
         held = load_examples(eval_data, require_assistant=require_assistant).examples
         split = HoldOut(train=data, eval_examples=held, source="eval_data", duplicates=_shared(data.examples, held))
@@ -164,14 +160,12 @@ def _reason(split: HoldOut, rows: int) -> str:
 
 def _shared(train: list[Any], held: list[Any]) -> int:
     """How many held-out rows also occur (normalized) in the training rows: reported, not refused."""
-
     clusters = exact_duplicates([*train, *held]).clusters
     return sum(1 for c in clusters if c[0] < len(train) for i in c if i >= len(train))
 
 
 def _split(data: Any, fraction: float, seed: int, source: str) -> HoldOut:
     """A seeded share of the rows that occur once in the data; the rest trains."""
-
     clusters = exact_duplicates(data.examples).clusters
     duplicated = {i for cluster in clusters for i in cluster}
     eligible = [i for i in range(len(data.examples)) if i not in duplicated]
@@ -228,7 +222,6 @@ class Evaluator:
 
     def wrap(self, hooks: Any) -> Any:
         """``hooks`` with this evaluation before each step's checkpoint, and restored after the checkpoint's."""
-
         inner_after, inner_restore = hooks.after_step, hooks.restore
 
         def after_step(state: Any) -> None:
@@ -243,7 +236,7 @@ class Evaluator:
             self.load_state(state)
 
         return LoopHooks(restore=restore if inner_restore is not None else None, after_step=after_step,
-                         fault=hooks.fault, oom=hooks.oom)
+                         oom=hooks.oom)
 
     def after_step(self, state: Any) -> None:
         if state.step % self.every and state.step != state.steps_total:
@@ -278,7 +271,6 @@ class Evaluator:
         once a checkpoint no longer needs them: see ``_prune_best``)."""
         from safetensors.torch import save_file
 
-
         self.best_weights = trainable(model)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.contiguous() for k, v in self.best_weights.items()}
@@ -287,9 +279,6 @@ class Evaluator:
 
     def _prune_best(self) -> None:
         """Delete best-weight files that neither the current state nor any kept checkpoint names."""
-        import json
-
-
         needed = {self.best_step}
         for ref in list_checkpoints(self.run_dir):
             try:
@@ -346,7 +335,6 @@ def held_out_totals(model: Any, samples: list[Any], pad_token_id: int, *, max_se
     """(summed loss, label tokens) of ``samples``, as ``held_out_loss`` scores them; ``progress(done, total)``
     is called after each batch."""
     import torch
-
 
     width = max([max_seq_length, *(len(s.input_ids) for s in samples)])
     rows = pack(samples, width, seed=None).rows

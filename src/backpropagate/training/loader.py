@@ -42,7 +42,6 @@ def try_unsloth(settings: Settings, defaults: RunDefaults) -> tuple[LoadedModel 
 
     A failure (import or loader) with ``unsloth_fallback=False`` is DEP_UNSLOTH_UNAVAILABLE.
     """
-
     if not settings.model.use_unsloth:
         return None, []
     reason = unsupported_reason(settings)
@@ -70,7 +69,6 @@ def load_for_training(settings: Settings, defaults: RunDefaults) -> LoadedModel:
     """
     import torch
 
-
     settings = defaults.apply(settings)
     check_method(settings)
     check_dependencies(settings, defaults.optim)
@@ -79,7 +77,7 @@ def load_for_training(settings: Settings, defaults: RunDefaults) -> LoadedModel:
         check_full_finetune_size(settings.model.name, trust_remote_code=settings.model.trust_remote_code)
     loaded, notes = try_unsloth(settings, defaults)
     if loaded is not None:
-        return loaded
+        return with_embedding_noise(loaded, settings.training.neftune_noise_alpha)
     device = torch.device("cuda" if defaults.device == "cuda" else "cpu")
     tokenizer = load_tokenizer(settings.model)
     base = load_model(settings.model, device, defaults.torch_dtype)
@@ -89,5 +87,18 @@ def load_for_training(settings: Settings, defaults: RunDefaults) -> LoadedModel:
         trainable = build_full(base)
     else:
         trainable = build_lora(base, settings.lora, settings.training.seed, model_name=settings.model.name)
-    return LoadedModel(trainable.model, tokenizer, "transformers+peft", notes, trainable.init_adapter_dir,
-                       trainable.trainable_params, trainable.total_params)
+    loaded = LoadedModel(trainable.model, tokenizer, "transformers+peft", notes, trainable.init_adapter_dir,
+                         trainable.trainable_params, trainable.total_params)
+    return with_embedding_noise(loaded, settings.training.neftune_noise_alpha)
+
+
+def with_embedding_noise(loaded: LoadedModel, alpha: float | None) -> LoadedModel:
+    """NEFTune: transformers' hook adds the noise to the input embeddings in training mode only, so held-out
+    scores, answers and the saved adapter are those of the plain model."""
+    if alpha:
+        from transformers.integrations.neftune import neftune_post_forward_hook
+
+        embeddings = loaded.model.get_input_embeddings()
+        embeddings.neftune_noise_alpha = alpha
+        embeddings.register_forward_hook(neftune_post_forward_hook)
+    return loaded

@@ -87,7 +87,6 @@ class SingleProcess:
 @dataclass
 class Parallel:
     """This process's place in a multi-process run."""
-
     _accelerator: Any
     rank: int
     world_size: int
@@ -175,19 +174,16 @@ class Parallel:
         the weights it partitions)."""
         import torch
 
-
         bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters())
         config = engine_config(self.deepspeed or {}, micro_batch=micro_batch, accumulation=accumulation,
                                max_grad_norm=max_grad_norm, world_size=self.world_size, bf16=bf16)
         return initialize(model, optimizer, scheduler, config)
 
     def restore_engine(self, engine: Any, partition: dict[str, Any]) -> None:
-
         restore_partition(engine, partition, rank=self.rank, world_size=self.world_size)
 
     def backward(self, engine: Any, loss: Any) -> None:
         """One micro-batch's backward through DeepSpeed's engine (which also steps when the window ends)."""
-
         backward(engine, loss)
 
     def stage_partitions(self, engine: Any, staging: Path) -> dict[str, Path]:

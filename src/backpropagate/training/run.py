@@ -52,7 +52,6 @@ def announce_rank(parallel: ProcessStrategy, log: Any) -> None:
 
 def load_data(session: RunSession, defaults: RunDefaults, log: Any) -> Any:
     """The session's dataset, read and its format detected (a ``data.LoadedData``)."""
-
     loaded = load_examples(session.data, require_assistant=defaults.train_on_responses, format=session.format,
                            text_column=session.text_column)
     log.info("dataset_loaded", format=loaded.report.name, rows=loaded.report.total_rows, reason=loaded.report.reason)
@@ -74,7 +73,6 @@ def load_model(settings: Settings, defaults: RunDefaults) -> LoadedModel:
 def training_samples(tokenizer: Any, data: Any, defaults: RunDefaults, *, curriculum: bool = False,
                      source: Any = None, log: Any = None) -> list[Any]:
     """The tokenized samples in training order: as read, or easy to hard with ``curriculum``."""
-
     samples = tokenize_examples(tokenizer, data.examples, train_on_responses=defaults.train_on_responses)
     if log is not None and any(isinstance(e, Conversation) for e in data.examples):
         for note in template_notes(template_traits(tokenizer), data.examples):
@@ -88,9 +86,9 @@ def training_samples(tokenizer: Any, data: Any, defaults: RunDefaults, *, curric
     return [samples[i] for i in order]
 
 
-def loop_config(settings: Settings, defaults: RunDefaults, *, steps: int, seed: int, shuffle: bool = True) -> Any:
+def loop_config(settings: Settings, defaults: RunDefaults, *, steps: int, seed: int,
+                shuffle: bool = True) -> LoopConfig:
     """The loop settings of one run (an ``engine.LoopConfig``): the user's plus the smart defaults."""
-
     cfg = settings.training
     return LoopConfig(
         steps=steps, batch_size=defaults.batch_size, gradient_accumulation=defaults.gradient_accumulation,
@@ -100,7 +98,7 @@ def loop_config(settings: Settings, defaults: RunDefaults, *, steps: int, seed: 
         chunked_loss=cfg.chunked_loss is not False)
 
 
-def run_segment(session: RunSession, loaded: LoadedModel, samples: Sequence[Any], loop: Any, *,
+def run_segment(session: RunSession, loaded: LoadedModel, samples: Sequence[Any], loop: LoopConfig, *,
                 callback: TrainingCallback, log: Any, controls: RunControls | None = None,
                 parallel: ProcessStrategy | None = None, evaluator: Any = None) -> Any:
     """Train ``loop.steps`` steps under ``session``: resume from its checkpoint, checkpoint every

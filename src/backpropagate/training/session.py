@@ -199,7 +199,7 @@ class RunSession:
             self._last_saved = state.step
 
         return LoopHooks(restore=restore if self.checkpoint is not None else None, after_step=self._after_step,
-                         fault=controls.fault, oom=OomRecovery(enabled=training.oom_recovery, log=log))
+                         oom=OomRecovery(enabled=training.oom_recovery, log=log))
 
     def _after_step(self, state: LoopState) -> None:
         save_steps = self.settings.training.save_steps
@@ -241,7 +241,7 @@ class RunSession:
         elapsed = (self.checkpoint.trainer_state.get("elapsed_seconds", 0.0) if self.checkpoint else 0.0) + \
             started - self._started
         path = write_checkpoint(self.run_dir, state, run_id=self.run_id, config=self.config,
-                                elapsed_seconds=elapsed, fault_hook=self._controls.fault, gathered=gathered,
+                                elapsed_seconds=elapsed, gathered=gathered,
                                 staged=staged)
         shutil.rmtree(staging, ignore_errors=True)
         self._last_saved = state.step
@@ -288,7 +288,6 @@ class RunSession:
         except Exception as err:  # noqa: BLE001 - e.g. the disk that failed the run fails this write too
             if log is not None:
                 log.warning("history_not_updated", error=getattr(err, "code", type(err).__name__))
-
 
     def release(self) -> None:
         """Give the output folder back to the next run."""

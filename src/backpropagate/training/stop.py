@@ -23,7 +23,6 @@ from .guards import ThermalGuard
 if TYPE_CHECKING:
     from .guards import ThermalGuard
 
-FaultHook = Callable[[str, int, Any], None]
 
 
 class StopRequested(KeyboardInterrupt):
@@ -73,18 +72,13 @@ class RunControls:
 
     ``stop`` is the signal ``Trainer.stop()`` raises (a checkpoint, then ``interrupted``). ``temperature``
     reads the GPU in degrees Celsius instead of NVML (thresholds from the settings), or is a configured
-    ``ThermalGuard`` (own polling and clock). ``fault(where, step, detail)`` is fault injection for resilience
-    testing: called before each micro-batch (``"micro_batch"``, index), checkpoint file (``"checkpoint"``,
-    name) and campaign run (``"run_start"``, i); whatever it raises goes through the run's failure handling.
+    ``ThermalGuard`` (own polling and clock).
     """
-
     stop: StopSignal = field(default_factory=StopSignal)
     temperature: Callable[[], float] | ThermalGuard | None = None
-    fault: FaultHook | None = None
 
     def thermal_guard(self, training: Any, device: Any) -> ThermalGuard:
         """The guard of one run: the given one, one reading ``temperature``, else NVML (off on the CPU)."""
-
         if isinstance(self.temperature, ThermalGuard):
             return self.temperature
         return ThermalGuard.from_settings(training, device, read_temperature=self.temperature)

@@ -11,6 +11,8 @@ import os
 from typing import Any
 
 from ..errors import BackpropagateError
+from ..logs import get_logger
+from .security import MAX_UPLOAD_BYTES, LoginGuard, check_exposure, parse_auth, resolve_auth, sandbox_root
 
 __all__ = ["build_app", "launch", "require_gradio"]
 
@@ -29,8 +31,8 @@ def require_gradio() -> Any:
 def build_app(workspace: Any = None) -> Any:
     """The Gradio Blocks app over ``workspace`` (a :class:`.workspace.Workspace`; default: the sandbox)."""
     require_gradio()
-    from .app import build_app as _build
-    from .workspace import Workspace
+    from .app import build_app as _build  # lazy: gradio
+    from .workspace import Workspace  # lazy: gradio, torch
 
     return _build(workspace or Workspace())
 
@@ -42,9 +44,6 @@ def launch(*, host: str = "127.0.0.1", port: int = 7862, share: bool = False, au
     ``auth`` (user:password), else ``auth_file``, else ``BACKPROPAGATE_UI__AUTH_FILE`` or
     ``BACKPROPAGATE_UI__AUTH``: the last three keep the password out of the process list.
     """
-    from ..logs import get_logger
-    from .security import MAX_UPLOAD_BYTES, LoginGuard, check_exposure, parse_auth, resolve_auth, sandbox_root
-
     credentials, source = resolve_auth(auth, auth_file)
     check_exposure(host, share, credentials)
     guard = LoginGuard(*parse_auth(credentials, source)) if credentials else None
@@ -53,8 +52,8 @@ def launch(*, host: str = "127.0.0.1", port: int = 7862, share: bool = False, au
     # Gradio's own upload cache lives in the sandbox too, so the UI writes nowhere else.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(root / ".gradio"))
     require_gradio()
-    from .app import CSS
-    from .workspace import Workspace
+    from .app import CSS  # lazy: gradio
+    from .workspace import Workspace  # lazy: gradio, torch
 
     demo = build_app(Workspace(root))
     get_logger().info("ui_starting", url=f"http://{host}:{port}", sandbox=str(root), share=share,

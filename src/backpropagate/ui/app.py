@@ -53,7 +53,6 @@ def build_app(ws: Workspace) -> Any:
     """The Blocks app for ``ws`` (not launched)."""
     import gradio as gr
 
-
     models = list(dict.fromkeys([ws.default_model, *(p.key for p in MODEL_PRESETS)]))
     with gr.Blocks(title="backpropagate", analytics_enabled=False) as demo:
         gr.Markdown(f"# backpropagate\nFine-tune, compare and export. Files are read and written only inside "
@@ -123,7 +122,6 @@ def _train_layout(ws: Workspace, models: list[str]) -> SimpleNamespace:
     """The Train tab: one fine-tuning run, with its memory plan."""
     import gradio as gr
 
-
     with gr.Tab("Train", id="train"):
         with gr.Row():
             model = gr.Dropdown(models, value=ws.default_model, allow_custom_value=True,
@@ -152,7 +150,6 @@ def _multi_run_layout(ws: Workspace, models: list[str]) -> SimpleNamespace:
     """The Multi-run tab: a campaign of runs and its forgetting report."""
     import gradio as gr
 
-
     with gr.Tab("Multi-run", id="multi-run"):
         data = gr.Textbox(label="Datasets, one path per line (one file: cut into runs)", lines=3,
                           elem_id="multi-data")
@@ -176,7 +173,6 @@ def _multi_run_layout(ws: Workspace, models: list[str]) -> SimpleNamespace:
 def _export_layout(ws: Workspace) -> SimpleNamespace:
     """The Export tab: a completed run to GGUF or merged weights, optionally into Ollama."""
     import gradio as gr
-
 
     with gr.Tab("Export", id="export"):
         with gr.Row():
@@ -318,7 +314,6 @@ def _wire_runs(ws: Workspace, rn: SimpleNamespace) -> None:
         return "", run_text(record), ws.plot({record.run_id[:8]: record.loss_history}, f"run-{record.run_id[:8]}")
 
     def on_diff(a: str, b: str) -> tuple[Any, ...]:
-
         d = ws.diff_runs(a, b)
         plot = ws.plot({d.a.run_id[:8]: d.a.loss_history, d.b.run_id[:8]: d.b.loss_history},
                        f"diff-{d.a.run_id[:8]}-{d.b.run_id[:8]}")

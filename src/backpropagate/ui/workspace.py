@@ -98,7 +98,6 @@ class Workspace:
 
     def model_name(self, value: str | None) -> str:
         """A preset, a hub id, or a local folder, which must lie inside the sandbox like every other path."""
-
         name = (value or "").strip() or self.default_model
         if name == self.default_model or find_model_preset(name) is not None:
             return name  # chosen by whoever started the server (argument / BACKPROPAGATE_MODEL__NAME)
@@ -142,7 +141,6 @@ class Workspace:
 
     # ---- dataset page ----------------------------------------------------------------------------
     def tokenizer(self, model: str) -> Any:
-
         name = self.model_name(model)
         if name not in self._tokenizers:
             self._tokenizers[name] = resolve_tokenizer(name)
@@ -151,7 +149,6 @@ class Workspace:
     def inspect_dataset(self, user_path: str, model: str | None, *, preview_rows: int = 2,
                         max_seq_length: int = MAX_SEQ_LENGTH) -> dict[str, Any]:
         """Format, row count, the template preview (trained tokens marked) and the data report."""
-
         path = self.dataset_path(user_path)
         loaded = load_examples(str(path), require_assistant=False)
         tokenizer = self.tokenizer(model or "")
@@ -165,7 +162,7 @@ class Workspace:
             trained, total = trained + shown.trained_tokens, total + len(shown.input_ids)
             notes += [note for note in shown.notes if note not in notes]
         try:
-            from ..data import build_report
+            from ..data import build_report  # lazy: datasets, numpy
 
             report_text = build_report(str(path), tokenizer=tokenizer, max_seq_length=max_seq_length).to_text()
         except BackpropagateError as exc:
@@ -181,7 +178,6 @@ class Workspace:
                      method: str = "LoRA", learning_rate: Any = None,
                      max_seq_length: Any = MAX_SEQ_LENGTH, output: Path | None = None) -> Any:
         """A Trainer for the form's values; cheap (nothing loads), so bad combinations fail at once."""
-
         if method not in METHODS:
             raise invalid_value("method", method, ", ".join(METHODS))
         return Trainer(self.model_name(model), output_dir=output or self.new_output_dir(), lora_preset=preset,
@@ -225,7 +221,6 @@ class Workspace:
     def start_multi_run(self, *, datasets: str, num_runs: Any, steps_per_run: Any, samples_per_run: Any = None,
                         **form: Any) -> str:
         """Start a multi-run (SLAO) campaign: several files (one per run) or one file in chunks."""
-
         paths = [str(self.dataset_path(line)) for line in datasets.splitlines() if line.strip()]
         if not paths:
             raise invalid_value("datasets", datasets, "one dataset path per line")
@@ -262,27 +257,22 @@ class Workspace:
 
     # ---- runs ------------------------------------------------------------------------------------
     def output_dirs(self) -> list[Path]:
-
         base = self.root / "runs"
         return sorted(p.parent for p in base.glob(f"*/{HISTORY_FILE}")) if base.is_dir() else []
 
     def list_runs(self) -> list[Any]:
         """Every run recorded in the sandbox, newest first."""
-
         return runs.list(self.output_dirs())
 
     def get_run(self, run_id: str) -> Any:
         """A sandbox run by id or unique prefix: ``runs.get`` over the sandbox's output folders."""
-
         return runs.get(run_id, self.output_dirs())
 
     def diff_runs(self, a: str, b: str) -> Any:
         """``runs.diff`` of two sandbox runs (ids or prefixes), wherever in the sandbox each was trained."""
-
         return runs.diff(a, b, self.output_dirs())
 
     def plot(self, series: dict[str, list[float]], name: str) -> str | None:
-
         series = {k: v for k, v in series.items() if v}
         if not series:
             return None
@@ -292,7 +282,6 @@ class Workspace:
 
     def start_resume(self, run_id: str) -> str:
         """Finish an interrupted run (or campaign) from its last checkpoint, in the background."""
-
         record = self.get_run(run_id)
         output = Path(record.output_dir)
         resolve_inside(self.root, output)
@@ -318,7 +307,6 @@ class Workspace:
     def start_export(self, run_id: str, *, format: str = "gguf", quantization: str = "q4_k_m",
                      ollama: bool = False, ollama_name: str | None = None, overwrite: bool = False) -> str:
         """Export a sandbox run's adapter (GGUF with parity check, adapter GGUF, merged) in the background."""
-
         record = self.get_run(run_id)
         if record.status != "completed" or not record.output_path:
             raise BackpropagateError("STATE_NOT_TRAINED", f"run {record.run_id[:8]} is {record.status}; only a "
