@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,38 @@ def test_logs_carry_run_id_and_are_redacted(capsys: pytest.CaptureFixture[str]) 
         assert "hunter2" not in line
     finally:
         configure(json=False)
+
+
+def test_logging_settings_are_read_through_the_settings(capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKPROPAGATE_LOG_LEVEL", "debug")  # any case, like the other settings' values
+    monkeypatch.setenv("BACKPROPAGATE_LOG_JSON", "1")
+    try:
+        configure()
+        get_logger().debug("quiet_detail", step=3)
+        record = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+        assert record["event"] == "quiet_detail" and record["level"] == "debug"
+
+        monkeypatch.setenv("BACKPROPAGATE_LOG_LEVEL", "loud")  # the logs fall back to INFO to report it ...
+        configure()
+        get_logger().debug("hidden")
+        get_logger().info("shown")
+        logged = capsys.readouterr().err
+        assert "shown" in logged and "hidden" not in logged
+        with pytest.raises(BackpropagateError) as info:  # ... and the run's settings refuse it, naming it
+            resolve_settings()
+        assert info.value.code == "INPUT_CONFIG_INVALID" and "BACKPROPAGATE_LOG_LEVEL" in info.value.message
+    finally:
+        monkeypatch.delenv("BACKPROPAGATE_LOG_LEVEL")
+        monkeypatch.delenv("BACKPROPAGATE_LOG_JSON")
+        configure()
+
+
+def test_debug_setting_shows_the_traceback(tmp_path: Path) -> None:
+    from test_cli import run
+
+    missing = str(tmp_path / "missing.jsonl")
+    plain = run("data", "report", missing)
+    assert "[INPUT_FILE_NOT_FOUND]" in plain.stderr and "Traceback" not in plain.stderr
+    shown = run("data", "report", missing, env={"BACKPROPAGATE_DEBUG": "1"})
+    assert "[INPUT_FILE_NOT_FOUND]" in shown.stderr and "Traceback" in shown.stderr

@@ -262,18 +262,36 @@ class TrainingSettings(BaseModel):
         return value
 
 
-class Settings(BaseSettings):
-    """Everything configurable, read from ``BACKPROPAGATE_*`` environment variables."""
+class GeneralSettings(BaseSettings):
+    """How backpropagate reports, for every command: read by ``logs.configure`` and the CLI's error printer."""
     model_config = SettingsConfigDict(env_prefix="BACKPROPAGATE_", env_nested_delimiter="__",
                                       extra="ignore", validate_default=True)
 
-    model: ModelSettings = Field(default_factory=ModelSettings)
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    training: TrainingSettings = Field(default_factory=TrainingSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log verbosity: DEBUG, INFO, WARNING or ERROR.")
     log_json: bool | None = Field(None, description="1 switches logs to JSON lines; unset or 0, console lines.")
     debug: bool = Field(False, description="1 shows full tracebacks on errors, like --verbose.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+
+def general_settings() -> GeneralSettings:
+    """The general settings from the environment; a bad value is INPUT_CONFIG_INVALID naming the variable."""
+    try:
+        return GeneralSettings()
+    except ValidationError as exc:
+        raise _config_error(exc, from_env=True) from None
+
+
+class Settings(GeneralSettings):
+    """Everything configurable, read from ``BACKPROPAGATE_*`` environment variables."""
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def source(self, arg: str) -> str:

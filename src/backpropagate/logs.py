@@ -7,7 +7,6 @@ token pasted into a model id, a URL or an exception message never reaches the te
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
@@ -15,6 +14,8 @@ from typing import Any
 
 import structlog
 
+from .config import GeneralSettings, general_settings
+from .errors import BackpropagateError
 from .redaction import is_redacted, redact, redact_tree
 
 __all__ = ["bound_run", "configure", "get_logger", "is_redacted", "redact", "redact_tree"]
@@ -25,22 +26,22 @@ def _redact_processor(_logger: Any, _name: str, event: MutableMapping[str, Any])
     return redact_tree(event)
 
 
-def _env_flag(name: str) -> bool | None:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return None
-    return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
 _configured = False
 
 
 def configure(level: str | None = None, json: bool | None = None) -> None:
-    """Set up structlog once; environment variables BACKPROPAGATE_LOG_LEVEL / _LOG_JSON win over defaults."""
+    """Set up structlog; unset arguments come from the settings (BACKPROPAGATE_LOG_LEVEL / _LOG_JSON).
+
+    A bad value there falls back to the defaults here: the logs must work to report it, and the run's
+    settings refuse it with INPUT_CONFIG_INVALID.
+    """
     global _configured
-    level = (level or os.environ.get("BACKPROPAGATE_LOG_LEVEL") or "INFO").upper()
-    env_json = _env_flag("BACKPROPAGATE_LOG_JSON")
-    use_json = json if json is not None else (env_json if env_json is not None else False)
+    try:
+        general = general_settings()
+    except BackpropagateError:
+        general = GeneralSettings.model_construct(log_level="INFO", log_json=None, debug=False)
+    level = (level or general.log_level).upper()
+    use_json = bool(general.log_json) if json is None else json
     renderer: Any = (structlog.processors.JSONRenderer() if use_json
                      else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
     structlog.configure(

@@ -1,18 +1,18 @@
 """The ``backprop`` command: a thin Typer shell over the Python API.
 
-Only typer and the standard library are imported at start-up; each command imports what it needs, so
-``backprop --help`` stays fast. Errors print as ``[CODE]: message`` plus a hint, without a traceback
+At start-up it imports typer, the settings and the logs, never torch or gradio: each command imports
+those when it runs, so ``backprop --help`` stays fast. Errors print as ``[CODE]: message`` plus a hint, without a traceback
 unless ``--verbose`` or ``BACKPROPAGATE_DEBUG=1``.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
 
 from .. import __version__
+from ..config import general_settings
 from ..errors import CATALOG, BackpropagateError
 from ..logs import redact
 
@@ -45,7 +45,10 @@ def _root(
 
 
 def _debug() -> bool:
-    return _state["verbose"] or os.environ.get("BACKPROPAGATE_DEBUG", "").lower() in {"1", "true", "yes"}
+    try:
+        return _state["verbose"] or general_settings().debug
+    except BackpropagateError:
+        return _state["verbose"]
 
 
 def _report(code: str, message: str, hint: str) -> None:
