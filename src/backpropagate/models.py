@@ -5,10 +5,13 @@ Below training and the data tools alike: both load models the same way (``trust_
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ModelSettings
+from .config import ModelSettings, general_settings
 from .errors import BackpropagateError
 from .logs import redact
 
@@ -83,3 +86,14 @@ def _load_error(name: str, exc: Exception) -> BackpropagateError:
                                   retryable=False)
     detail = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     return BackpropagateError("DEP_MODEL_LOAD_FAILED", f"could not load model {redact(name)!r}: {detail[:300]}")
+
+
+@contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """While peft wraps a model: it reads transformers' deprecated ``is_gradient_checkpointing``, a FutureWarning
+    on every run that only a peft release can fix. Hidden here alone; shown with log_level=DEBUG."""
+    with warnings.catch_warnings():
+        if general_settings().log_level != "DEBUG":
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+        yield

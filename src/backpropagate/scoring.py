@@ -20,6 +20,7 @@ from .data import load_examples, tokenize_examples
 from .errors import BackpropagateError, check_count
 from .export.merge import check_adapter, find_base, resolve_source
 from .logs import redact
+from .models import peft_wrapping
 from .training.evaluation import held_out_totals
 
 MAX_SEQ_LENGTH: int = declared_default("max_seq_length")  # rows packed as training packs them
@@ -113,7 +114,8 @@ def _load(source: Any, base: str | Path | None, trust_remote_code: bool) -> tupl
         if base_name is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(source.path))
+            with peft_wrapping():
+                model = PeftModel.from_pretrained(model, str(source.path))
     except Exception as exc:  # noqa: BLE001 - shape mismatches and unreadable weights alike
         raise BackpropagateError("DEP_BASE_MODEL_NOT_FOUND", f"{redact(str(source.path))} does not load on "
                                  f"{redact(weights)!r}: {redact(str(exc))[:300]}",

@@ -16,6 +16,7 @@ from typing import Any
 from ..atomic import write_dir_atomically
 from ..errors import BackpropagateError
 from ..logs import redact
+from ..models import peft_wrapping
 
 # PEFT initialisations that rewrite the base weights: an adapter saved without converting them back
 # (`path_initial_model_for_weight_conversion`) is only valid on that rewritten base.
@@ -161,7 +162,8 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, *, base: str 
     try:
         model = AutoModelForCausalLM.from_pretrained(base_name, dtype=torch.float32,
                                                      trust_remote_code=trust_remote_code)
-        merged = PeftModel.from_pretrained(model, str(source.path)).merge_and_unload()
+        with peft_wrapping():
+            merged = PeftModel.from_pretrained(model, str(source.path)).merge_and_unload()
     except Exception as exc:  # noqa: BLE001 - shape mismatches and unreadable weights alike
         raise BackpropagateError("DEP_BASE_MODEL_NOT_FOUND",
                                  f"the adapter does not load on {base_name!r}: {redact(str(exc))[:300]}") from exc

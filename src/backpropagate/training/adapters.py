@@ -21,6 +21,7 @@ import torch
 from ..config import LoraSettings
 from ..errors import BackpropagateError
 from ..logs import redact
+from ..models import peft_wrapping
 from ..presets import resolve_target_modules
 from .loftq import init_loftq
 
@@ -70,7 +71,8 @@ def build_lora(model: Any, lora: LoraSettings, seed: int, *, model_name: str) ->
                         use_dora=lora.use_dora, init_lora_weights=init)
     torch.manual_seed(seed)
     try:
-        peft_model = get_peft_model(model, config)
+        with peft_wrapping():
+            peft_model = get_peft_model(model, config)
     except ValueError as exc:
         if "not found in the base model" in str(exc) or "Target modules" in str(exc):
             raise BackpropagateError(

@@ -55,6 +55,8 @@ def try_unsloth(settings: Settings, defaults: RunDefaults) -> tuple[LoadedModel 
         if not settings.model.unsloth_fallback:
             raise BackpropagateError("DEP_UNSLOTH_UNAVAILABLE",
                                      f"Unsloth could not load ({_short(exc)}) and unsloth_fallback=False.") from exc
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "unsloth":
+            return None, ["unsloth not installed: transformers + peft"]
         return None, [f"unsloth unavailable ({_short(exc)}); falling back to transformers + peft"]
     params = list(model.parameters())
     return LoadedModel(model, tokenizer, "unsloth", trainable_params=sum(p.numel() for p in params if
