@@ -31,9 +31,17 @@ def trainer(tmp_path_factory: pytest.TempPathFactory) -> Trainer:
     return trainer
 
 
-def test_export_gguf_with_defaults(trainer: Trainer) -> None:
+def test_export_gguf_with_defaults(trainer: Trainer, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
     result = trainer.export("gguf", quantization="q8_0")
     assert result.path == trainer.output_dir / "gguf" / "model-q8_0.gguf" and result.report.passed
+    logged = capsys.readouterr().err
+    assert "export_done" in logged and "parity: passed" in logged  # Python users see the verdict too
+    shown = repr(result)  # what a notebook shows: the CLI's summary, not the nested report
+    assert shown.startswith("ExportResult (gguf, parity: passed)") and f"gguf: {result.path}" in shown
+    assert len(shown) < 4000 and "logits" not in shown.split("\n")[0]
+    run = repr(trainer.last_run)
+    assert run.startswith("TrainingRun\nrun_id: ") and "final loss: " in run and "config" not in run
     assert result.modelfile == trainer.output_dir / "gguf" / "Modelfile"
     record = json.loads((trainer.output_dir / "gguf" / "training_run.json").read_text(encoding="utf-8"))
     assert record["run_id"] == trainer.last_run.run_id and record["final_loss"] == trainer.last_run.final_loss

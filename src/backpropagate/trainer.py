@@ -445,6 +445,8 @@ class Trainer:
                               trust_remote_code=self.settings.model.trust_remote_code,
                               base=self._base_if_redacted())
         self._record_export(result)
+        (get_logger().info if result.report is None or result.report.passed else get_logger().warning)(
+            "export_done", path=str(result.path), verdict=result.verdict())
         return result
 
     def _base_if_redacted(self) -> str | None:

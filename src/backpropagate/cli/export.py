@@ -34,25 +34,11 @@ def export(
 
     hf_logging.disable_progress_bar()
     if ollama and not ollama_name:
-
         raise BackpropagateError("INPUT_INVALID_VALUE", "--ollama needs --ollama-name NAME.")
     result = export_model(source, format, quantization=quantization, output=output, base=base,
                           overwrite=overwrite, verify=not no_verify, ollama=ollama, ollama_name=ollama_name,
                           system=system, num_ctx=num_ctx)
-    if result.report is not None:
-        typer.echo(result.report.table())
-        typer.echo(f"report: {result.report_path}")
-    if result.base_gguf is not None:
-        typer.echo(f"base gguf: {result.base_gguf}")
-    label = {"merged": "merged model", "gguf-adapter": "adapter gguf"}.get(result.format, "gguf")
-    typer.echo(f"{label}: {result.path}")
-    for note in result.notes:
-        typer.echo(f"note: {note}")
-    if result.modelfile is not None:
-        typer.echo(f"modelfile: {result.modelfile}")
-    if result.ollama_model:
-        typer.echo(f"ollama: registered {result.ollama_model} at {result.ollama_host}; "
-                   f"run it with `ollama run {result.ollama_model}`")
+    typer.echo(result.summary())
 
 
 @app.command()

@@ -9,8 +9,6 @@ from typing import Any
 
 import typer
 
-from ..logs import redact
-from ..training.answers import answers_text
 from . import app
 from .launch import launch
 from .options import with_trainer_options
@@ -75,17 +73,8 @@ def train(
 
 
 def print_run(run: Any) -> None:
-    """The end-of-run summary: id, losses, where the adapter is, evaluation and before/after answers."""
-    typer.echo(f"run_id: {run.run_id}")
-    typer.echo(f"steps: {run.steps}  final loss: {run.final_loss:.4f}  "
-               f"(first {run.loss_history[0]:.4f})  {run.duration_seconds:.1f}s")
-    typer.echo(f"adapter: {run.output_path}")
-    if run.eval_history:
-        typer.echo(f"eval loss: {run.eval_history[-1][1]:.4f}  best {run.best_eval_loss:.4f} at step "
-                   f"{run.best_step}" + (f"  ({run.stop_reason})" if run.stop_reason else ""))
-    if run.sample_answers:
-
-        typer.echo("before / after:\n" + redact(answers_text(run.sample_answers)))
+    """The end-of-run summary (``TrainingRun.summary``)."""
+    typer.echo(run.summary())
 
 
 @contextmanager

@@ -57,6 +57,31 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
     modelfile_spec: Any = None  # the ollama.Modelfile the file was written from
 
+    def verdict(self) -> str:
+        """One line: whether the file answers like the PyTorch model (the parity check), or that it was not run."""
+        if self.report is None:
+            return "parity: not checked"
+        return "parity: passed" if self.report.passed else f"parity: FAILED ({'; '.join(self.report.failures)})"
+
+    def summary(self) -> str:
+        """What ``backprop export`` prints: the parity table, every file written, notes, the Ollama model."""
+        lines = [self.report.table(), f"report: {self.report_path}"] if self.report is not None else []
+        if self.base_gguf is not None:
+            lines.append(f"base gguf: {self.base_gguf}")
+        label = {"merged": "merged model", "gguf-adapter": "adapter gguf", "adapter": "adapter"}.get(self.format,
+                                                                                                       "gguf")
+        lines.append(f"{label}: {self.path}")
+        lines += [f"note: {note}" for note in self.notes]
+        if self.modelfile is not None:
+            lines.append(f"modelfile: {self.modelfile}")
+        if self.ollama_model:
+            lines.append(f"ollama: registered {self.ollama_model} at {self.ollama_host}; "
+                         f"run it with `ollama run {self.ollama_model}`")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:  # a notebook shows this: the summary, not the nested report
+        return f"ExportResult ({self.format}, {self.verdict()})\n{self.summary()}"
+
 
 @contextmanager
 def _quiet_progress():

@@ -6,6 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..logs import redact
+from .answers import answers_text
+
 
 @dataclass
 class TrainingCallback:
@@ -58,3 +61,19 @@ class TrainingRun:
     final_adapter_path: str | None = None
     """With evaluation both adapters are kept: the last step's and the best evaluation's."""
     best_adapter_path: str | None = None
+
+    def summary(self) -> str:
+        """What the CLI prints at the end: id, losses, time, where the adapter is, evaluation, answers."""
+        first = f"  (first {self.loss_history[0]:.4f})" if self.loss_history else ""
+        lines = [f"run_id: {self.run_id}",
+                 f"steps: {self.steps}  final loss: {self.final_loss:.4f}{first}  {self.duration_seconds:.1f}s",
+                 f"adapter: {self.output_path}"]
+        if self.eval_history:
+            lines.append(f"eval loss: {self.eval_history[-1][1]:.4f}  best {self.best_eval_loss:.4f} at step "
+                         f"{self.best_step}" + (f"  ({self.stop_reason})" if self.stop_reason else ""))
+        if self.sample_answers:
+            lines.append("before / after:\n" + redact(answers_text(self.sample_answers)))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:  # a notebook shows this: the summary, not every field
+        return f"TrainingRun\n{self.summary()}"
