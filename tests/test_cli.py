@@ -62,6 +62,13 @@ def test_errors_print_code_and_hint_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "[INPUT_FILE_NOT_FOUND]:" in result.stderr and "hint:" in result.stderr
     assert "Traceback" not in result.stderr
+    # Checked first: no start-up table, no run id, nothing written.
+    assert "smart_defaults" not in result.stderr and "run_started" not in result.stderr
+    assert not (tmp_path / "o").exists()
+    model = run("train", "--data", str(quickstart_path()), "--model", str(tmp_path / "no-model"), "--steps", "1",
+                "--output", str(tmp_path / "o"))
+    assert "[DEP_MODEL_LOAD_FAILED]: model folder" in model.stderr and "does not exist" in model.stderr
+    assert "smart_defaults" not in model.stderr and not (tmp_path / "o").exists()
     verbose = run("--verbose", "train", "--data", str(tmp_path / "missing.jsonl"), "--steps", "1")
     assert "Traceback" in verbose.stderr and "[INPUT_FILE_NOT_FOUND]:" in verbose.stderr
 

@@ -130,9 +130,11 @@ def test_a_setting_that_cannot_fit_is_refused_before_any_weight_loads(tmp_path: 
 def test_memory_check_lets_it_pass_the_check(tmp_path: Path, check: str, monkeypatch: pytest.MonkeyPatch) -> None:
     trainer = Trainer("qwen2.5-7b", output_dir=tmp_path / "out", load_in_4bit=False, memory_check=check)
     _on_card(monkeypatch, 16)
+    unknown = tmp_path / "unknown.jsonl"  # a file that exists (checked first) in no known format
+    unknown.write_text('{"foo": 1}\n')
     with pytest.raises(BackpropagateError) as info:  # past the check, the next step is reading the data
-        trainer.train(tmp_path / "missing.jsonl", steps=1)
-    assert info.value.code == "INPUT_FILE_NOT_FOUND" and trainer.model is None
+        trainer.train(unknown, steps=1)
+    assert info.value.code == "INPUT_UNKNOWN_FORMAT" and trainer.model is None
 
 
 def test_memory_check_is_validated() -> None:

@@ -78,12 +78,25 @@ def load_model(settings: ModelSettings, device: torch.device, dtype: torch.dtype
     return model if settings.load_in_4bit else model.to(device)  # type: ignore[arg-type]
 
 
-def _load_error(name: str, exc: Exception) -> BackpropagateError:
-    expanded = Path(name).expanduser()
-    if _looks_like_path(name) and not expanded.exists():
+def check_model_source(name: str) -> None:
+    """A model named by a path that is not there fails now, before the start-up table and any run id."""
+    error = _missing_folder(name)
+    if error is not None:
+        raise error
+
+
+def _missing_folder(name: str) -> BackpropagateError | None:
+    if _looks_like_path(name) and not Path(name).expanduser().exists():
         return BackpropagateError("DEP_MODEL_LOAD_FAILED", f"model folder {redact(name)!r} does not exist.",
                                   hint="Check the path, or pass a hub id such as Qwen/Qwen2.5-7B-Instruct.",
                                   retryable=False)
+    return None
+
+
+def _load_error(name: str, exc: Exception) -> BackpropagateError:
+    missing = _missing_folder(name)
+    if missing is not None:
+        return missing
     detail = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     return BackpropagateError("DEP_MODEL_LOAD_FAILED", f"could not load model {redact(name)!r}: {detail[:300]}")
 

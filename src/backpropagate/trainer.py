@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .atomic import check_output_dir, check_output_location
 from .config import TRAINER_ARGS, Settings, resolve_settings
 from .continual.campaign import CampaignTools, run_campaign
+from .data.load import check_source
 from .data.preview import RowPreview, preview
 from .data.reference import resolve_tokenizer
 from .errors import BackpropagateError, check_count
@@ -21,6 +22,7 @@ from .export.pipeline import ExportResult, export_model
 from .export.preflight import GgufSupport, gguf_support
 from .hardware import HardwareFacts, probe_hardware
 from .logs import bound_run, configure, get_logger, is_redacted, redact, redact_tree
+from .models import check_model_source
 from .options import trainer_signature
 from .redaction import check_model_id
 from .storage.store import RunStore
@@ -171,6 +173,7 @@ class Trainer:
         the first step and by the tuned model after the last (``run.sample_answers``, ``show-run``).
         """
         check_count("steps", steps)
+        self._check_sources(data, eval_data)
         evaluation = EvalRequest.check(eval_data, eval_fraction, self.settings.training, curriculum=curriculum)
         prompts = check_sample_prompts(sample_prompts)
         check_output_dir(self.output_dir)
@@ -190,6 +193,14 @@ class Trainer:
                      output=run.output_path, seconds=round(run.duration_seconds, 1))
         callback.fire("on_complete", run)
         return run
+
+    def _check_sources(self, *datasets: Any) -> None:
+        """The model folder and the data files are checked first: a typo fails in a second, before the
+        start-up table, and leaves no run behind."""
+        check_model_source(self.settings.model.name)
+        for data in datasets:
+            if isinstance(data, str | Path):
+                check_source(data)
 
     def _run(self, session: Any, callback: TrainingCallback, log: Any, *, force: bool,
              parallel: ProcessStrategy, prompts: list[str], evaluation: Any) -> TrainingRun:
@@ -307,6 +318,7 @@ class Trainer:
         checkpoints like a single run, so a campaign stopped (``stop()``) or killed in run i resumes from
         run i's last one. ``controls`` as for ``train``. Returns a ``continual.campaign.MultiRunResult``.
         """
+        self._check_sources(*(dataset if isinstance(dataset, list | tuple) else [dataset]))
         check_output_dir(self.output_dir)
         self.controls = controls or self.controls
         self.controls.stop.clear()

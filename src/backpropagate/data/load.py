@@ -80,6 +80,11 @@ class RowsRead:
             raise located from err
 
 
+def check_source(source: Any) -> None:
+    """Fail now on a dataset that cannot be read (a missing file, an unsupported type), before a run starts."""
+    _resolve(source)
+
+
 def read_rows(source: Any, *, split: str = "train") -> RowsRead:
     """:func:`load_rows`, keeping the file and each row's line for later error messages."""
     kind, value = _resolve(source)
