@@ -45,6 +45,7 @@ def test_sigkilled_campaign_resumes_bit_identical(tiny_llama: Path, identity_row
     stdout, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, stdout[-3000:]
     assert "Forgetting report" in stdout and "AA" in stdout and "BWT" in stdout and "merged adapter:" in stdout
+    assert stdout.count("Forgetting report") == 1  # the table once (stdout); the log has a one-line summary
 
     done = subprocess.run([BACKPROP, "resume", run_id[:8], "--output", str(out)], env=ENV, capture_output=True,
                           text=True, timeout=300)

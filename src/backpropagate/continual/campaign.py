@@ -340,7 +340,9 @@ class Campaign:
             json_path.write_text(state.report.to_json() + "\n", encoding="utf-8")
             result.forgetting_json = str(json_path)
             result.notes.append("forgetting.png not written: " + exc.message)
-        self.log.info("forgetting_report\n" + state.report.to_text())
+        accuracy = (state.report.summary() or {}).get("accuracy", {})  # the table: result.report, the CLI
+        self.log.info("forgetting_report", **{k: round(v, 4) for k, v in accuracy.items()},
+                      saved=result.forgetting_json)
         self.trackers.log(_forgetting_metrics(state.report), step=len(self.slices) * self.steps_per_run)
         self.trackers.finish()
         result.run = result.training_run(self.config)
