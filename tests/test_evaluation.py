@@ -124,6 +124,15 @@ def test_training_batches_hold_no_held_out_row(tiny_llama: Path, tmp_path: Path,
         assert not any(trained[i:i + len(ids)] == ids for i in range(len(trained) - len(ids) + 1))
 
 
+def _unloadable_model(tmp_path: Path) -> str:
+    """A model folder that exists (so it passes the first checks) but cannot load: a sentinel for "the error
+    came before the model loaded"."""
+    folder = tmp_path / "unloadable-model"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    return str(folder)
+
+
 @pytest.mark.parametrize(("kwargs", "train_kwargs", "code"), [
     ({}, {"eval_data": DATA, "eval_fraction": 0.1}, "INPUT_EVAL_CONFLICT"),
     ({}, {"eval_fraction": 0.0}, "INPUT_INVALID_VALUE"),
@@ -134,9 +143,8 @@ def test_training_batches_hold_no_held_out_row(tiny_llama: Path, tmp_path: Path,
 ])
 def test_bad_evaluation_arguments_are_coded_before_the_model_loads(tmp_path: Path, kwargs: dict,
                                                                    train_kwargs: dict, code: str) -> None:
-    missing = str(tmp_path / "no-model")  # loading it would fail with another code
-    with pytest.raises(BackpropagateError) as info:
-        Trainer(missing, output_dir=tmp_path / "out", **kwargs).train(DATA, steps=1, **train_kwargs)
+    with pytest.raises(BackpropagateError) as info:  # loading the model would fail with another code
+        Trainer(_unloadable_model(tmp_path), output_dir=tmp_path / "out", **kwargs).train(DATA, steps=1, **train_kwargs)
     assert info.value.code == code and info.value.hint
 
 
@@ -152,7 +160,7 @@ def test_eval_sets_with_nothing_to_train_or_score_are_coded_before_the_model_loa
     one.write_text(Path(DATA).read_text().splitlines()[0] + "\n")
     prompts_only = tmp_path / "prompts.jsonl"
     prompts_only.write_text(json.dumps({"text": "   "}) + "\n")
-    trainer = Trainer(str(tmp_path / "no-model"), output_dir=tmp_path / "out", train_on_responses=False)
+    trainer = Trainer(_unloadable_model(tmp_path), output_dir=tmp_path / "out", train_on_responses=False)
     with pytest.raises(BackpropagateError) as info:
         trainer.train(str(one), steps=1, eval_fraction=0.5)
     assert info.value.code == "INPUT_EVAL_EMPTY" and "no row" in info.value.message
@@ -210,7 +218,7 @@ def test_tensorboard_events_hold_the_eval_loss(tiny_llama: Path, tmp_path: Path)
 
 
 def test_cli_eval_flags_reach_the_checks(tmp_path: Path) -> None:
-    done = subprocess.run([BACKPROP, "train", "--data", DATA, "--model", str(tmp_path / "no-model"), "--output",
+    done = subprocess.run([BACKPROP, "train", "--data", DATA, "--model", _unloadable_model(tmp_path), "--output",
                            str(tmp_path), "--eval-data", DATA, "--eval-fraction", "0.1"],
                           capture_output=True, text=True)
     assert done.returncode != 0 and "INPUT_EVAL_CONFLICT" in done.stdout + done.stderr

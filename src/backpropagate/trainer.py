@@ -173,9 +173,9 @@ class Trainer:
         the first step and by the tuned model after the last (``run.sample_answers``, ``show-run``).
         """
         check_count("steps", steps)
-        self._check_sources(data, eval_data)
         evaluation = EvalRequest.check(eval_data, eval_fraction, self.settings.training, curriculum=curriculum)
         prompts = check_sample_prompts(sample_prompts)
+        self._check_sources(data, eval_data)
         check_output_dir(self.output_dir)
         self.controls = controls or self.controls
         self.controls.stop.clear()
