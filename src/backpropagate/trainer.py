@@ -187,7 +187,7 @@ class Trainer:
                                text_column=text_column, curriculum=curriculum)
         log = get_logger()
         progress = RunProgress(self.settings.training, log, record=session.record_progress,
-                               shown_elsewhere=callback.shows_progress or not session.main)  # rank 0 shows it
+                               shown_elsewhere=callback.shows_progress, main=session.main)
         callback = progress.wrap(callback)
         with bound_run(session.run_id), run_failures(session, callback, log), closing(progress):
             announce_rank(parallel, log)

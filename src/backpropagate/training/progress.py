@@ -48,14 +48,15 @@ class RunProgress:
     """The bar or the log lines of one ``train()`` or ``multi_run()``; ``wrap`` feeds it from the run's callback."""
 
     def __init__(self, training: TrainingSettings, log: Any, *, shown_elsewhere: bool = False,
-                 record: Record | None = None) -> None:
+                 record: Record | None = None, main: bool = True) -> None:
         live = interactive()
         wanted = training.progress if training.progress is not None else live
+        shown_elsewhere = shown_elsewhere or not main  # one process of a multi-process run reports: rank 0
         self.show_bar = bool(wanted) and not shown_elsewhere
         self.bar: Any = None  # made at the first step, so its clock starts with training, after the start-up lines
-        self.lines = not (live and (self.show_bar or shown_elsewhere))
+        self.lines = main and not (live and (self.show_bar or shown_elsewhere))
         self.every = training.logging_steps
-        self.log, self.record = log, record
+        self.log, self.record = log, record if main else None
         self._eval = ""
 
     def wrap(self, inner: TrainingCallback) -> TrainingCallback:
