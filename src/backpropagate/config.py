@@ -170,6 +170,13 @@ class TrainingSettings(BaseModel):
         "off on the CPU).")
     save_steps: int = option(50, "Write a resumable checkpoint every this many optimizer steps (and always at the "
                              "end); 0 saves only at the end.", ge=0, le=COUNT_MAX, changes_training=False)
+    logging_steps: int | None = option(
+        None, "Where no live bar shows (a log file, a pipe, progress=False): a log line with the loss every this "
+        "many steps; the run history's progress is updated as often. Unset: a tenth of the run, at least 1.",
+        ge=1, le=COUNT_MAX, changes_training=False)
+    progress: bool | None = option(
+        None, "A live progress bar (step, loss, tokens/s, ETA) in a terminal or a Jupyter notebook. Unset: shown "
+        "where stderr is a terminal or in a notebook; --no-progress: log lines only.", changes_training=False)
     keep_checkpoints: int = option(2, "How many of the newest checkpoints of a run to keep (>= 1).", ge=1,
                                    le=COUNT_MAX, changes_training=False)
     eval_steps: int = option(50, "With held-out rows (eval_data, eval_fraction, or automatic on 1000+ rows): "

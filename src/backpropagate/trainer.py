@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from .training.fit import check_fit, memory_plan
 from .training.methods import check_method
 from .training.output_lock import LOCK_FILE, run_folder_name
 from .training.parallel import Parallel, ProcessStrategy, check_strategy
+from .training.progress import RunProgress
 from .training.run import (
     announce_rank,
     load_data,
@@ -184,7 +186,10 @@ class Trainer:
         session = open_session(self.output_dir, parallel, resume=resume, data=data, steps=steps, format=format,
                                text_column=text_column, curriculum=curriculum)
         log = get_logger()
-        with bound_run(session.run_id), run_failures(session, callback, log):
+        progress = RunProgress(self.settings.training, log, record=session.record_progress,
+                               shown_elsewhere=callback.shows_progress, main=session.main)
+        callback = progress.wrap(callback)
+        with bound_run(session.run_id), run_failures(session, callback, log), closing(progress):
             announce_rank(parallel, log)
             log.info("run_started", run_id=session.run_id, model=self.settings.model.name, resume=session.resuming)
             run = self._run(session, callback, log, force=force, parallel=parallel, prompts=prompts,
@@ -324,10 +329,13 @@ class Trainer:
         self.controls.stop.clear()
         tools = CampaignTools(self.settings, self.output_dir, self._fitted_defaults, self.load, self.save,
                               self.controls)
-        result = run_campaign(tools, dataset, num_runs=num_runs, steps_per_run=steps_per_run,
-                              samples_per_run=samples_per_run, merge_mode=merge_mode, eval_fraction=eval_fraction,
-                              lambda_schedule=lambda_schedule, experimental=experimental, resume=resume,
-                              force=force, format=format, text_column=text_column, callback=callback)
+        callback = callback or TrainingCallback()
+        with closing(RunProgress(self.settings.training, get_logger(), shown_elsewhere=callback.shows_progress)) as bar:
+            result = run_campaign(tools, dataset, num_runs=num_runs, steps_per_run=steps_per_run,
+                                  samples_per_run=samples_per_run, merge_mode=merge_mode,
+                                  eval_fraction=eval_fraction, lambda_schedule=lambda_schedule,
+                                  experimental=experimental, resume=resume, force=force, format=format,
+                                  text_column=text_column, callback=bar.wrap(callback))
         self.last_run = result.run
         return result
 

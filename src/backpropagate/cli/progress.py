@@ -43,7 +43,7 @@ class TrainingProgress:
         self._progress.update(self._task, eval=f"eval {metrics['loss']:.4f}")
 
     def callback(self) -> TrainingCallback:
-        return TrainingCallback(on_log=self._on_log, on_evaluate=self._on_evaluate)
+        return TrainingCallback(on_log=self._on_log, on_evaluate=self._on_evaluate, shows_progress=True)
 
     def __enter__(self) -> TrainingProgress:
         return self

@@ -315,7 +315,8 @@ class Campaign:
         outer, offset, total = self.callback, (i - 1) * self.steps_per_run, len(self.slices) * self.steps_per_run
 
         def on_log(metrics: dict[str, Any]) -> None:
-            outer.fire("on_log", {**metrics, "step": offset + metrics["step"], "steps_total": total, "run": i})
+            outer.fire("on_log", {**metrics, "step": offset + metrics["step"], "steps_total": total, "run": i,
+                                  "runs": len(self.slices)})
 
         return TrainingCallback(on_step=lambda step, loss: outer.fire("on_step", offset + step, loss),
                                 on_epoch=outer.on_epoch, on_log=on_log)

@@ -26,6 +26,8 @@ class TrainingCallback:
     on_log: Callable[[dict[str, Any]], Any] | None = None
     on_evaluate: Callable[[int, dict[str, float]], Any] | None = None
     """After each held-out evaluation: (step, {"loss": mean loss per label token, "perplexity": ...})."""
+    shows_progress: bool = False
+    """True when this callback draws a live display of its own (the CLI's bar): no second bar is drawn."""
 
     def fire(self, hook: str, *args: Any) -> None:
         fn = getattr(self, hook)

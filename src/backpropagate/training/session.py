@@ -55,6 +55,7 @@ class RunSession:
         self.guard: ThermalGuard | None = None
         self.begun = False
         self.lock: OutputLock | None = None  # the output folder's lock, taken when training begins
+        self._live_steps = False  # completed_steps was written between checkpoints (record_progress)
         self._last_saved = -1
         self._controls = RunControls()
         self._started = time.perf_counter()
@@ -254,6 +255,12 @@ class RunSession:
         self._callback.fire("on_save", str(path))
         return path
 
+    def record_progress(self, step: int, loss: float) -> None:
+        """How far the run is, in the history between checkpoints (``list-runs`` shows a running run's steps)."""
+        if self.main:
+            self.store.steps_done(self.run_id, completed_steps=step, last_loss=loss)
+            self._live_steps = True
+
     @property
     def owns_output(self) -> bool:
         """Whether this run holds the output folder's lock, and so saves to its fixed ``lora``/``model`` name."""
@@ -282,8 +289,9 @@ class RunSession:
             return
         status = "failed" if isinstance(exc, Exception) else "interrupted"
         code = getattr(exc, "code", None) or ("RUNTIME_TRAINING_FAILED" if status == "failed" else None)
+        kept = (self.last_checkpoint_step or 0) if self._live_steps else None  # what a resume starts from
         try:
-            self.store.finish(self.run_id, status, error_code=code,
+            self.store.finish(self.run_id, status, error_code=code, completed_steps=kept,
                               error_message=redact(str(exc))[:500] or type(exc).__name__)
         except Exception as err:  # noqa: BLE001 - e.g. the disk that failed the run fails this write too
             if log is not None:
