@@ -27,7 +27,10 @@ def in_notebook() -> bool:
 
 def interactive() -> bool:
     """A person watches this output live: a terminal or a notebook."""
-    return in_notebook() or sys.stderr.isatty()
+    try:
+        return in_notebook() or bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # a replaced stderr without isatty, or a closed one
+        return False
 
 
 def _bar(label: str) -> Any:
