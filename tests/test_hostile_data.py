@@ -228,8 +228,12 @@ def test_data_commands_give_coded_errors(tmp_path: Path) -> None:
 
 
 def test_train_refuses_hostile_data_before_loading_a_model(tmp_path: Path) -> None:
-    """The model does not exist: had training loaded it before checking the data, the error would be a DEP_ one."""
-    model = str(tmp_path / "no-such-model")
+    """The model folder exists but cannot load: had training loaded it before checking the data, the error would
+    be a DEP_ one."""
+    folder = tmp_path / "unloadable-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    model = str(folder)
     for name, (path, code) in hostile_files(tmp_path, random.Random(8)).items():
         out = tmp_path / f"out-{name}"
         coded_failure(cli("train", "--data", str(path), "--model", model, "--steps", "1", "--output", str(out)), code)
