@@ -301,6 +301,10 @@ class Settings(GeneralSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
+    def set_sources(self, sources: dict[str, str]) -> None:
+        """Record where each Trainer argument's value came from (``resolve_settings`` does)."""
+        self._sources = sources
+
     def source(self, arg: str) -> str:
         """Where a Trainer argument's value came from: argument, env, preset <name> or default."""
         return self._sources.get(arg, "default")
@@ -364,7 +368,7 @@ def resolve_settings(**overrides: Any) -> Settings:
         raise _config_error(exc, from_env=False) from None
     _apply_lora_preset(settings, sources)
     settings.model.name = resolve_model_name(settings.model.name)
-    settings._sources = sources
+    settings.set_sources(sources)
     return settings
 
 
@@ -376,7 +380,7 @@ def default_settings() -> Settings:
     settings = Settings.model_construct(model=ModelSettings(), lora=LoraSettings(), training=TrainingSettings())
     sources: dict[str, str] = {}
     _apply_lora_preset(settings, sources)
-    settings._sources = sources
+    settings.set_sources(sources)
     return settings
 
 

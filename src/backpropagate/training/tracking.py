@@ -112,7 +112,7 @@ class TrackerHub:
             except Exception as exc:  # noqa: BLE001 - a tracker that cannot start costs its metrics, not the run
                 log.warning("tracker_unavailable", tracker=name, error=f"{type(exc).__name__}: {exc}"[:300])
         hub = cls(trackers, started)
-        hub._each("store_init_configuration", _flat(config))
+        hub.store_config(config)
         if reasons is not None:
             log.info("trackers", report_to=",".join(started) or "none", reasons=reasons)
         elif started:
@@ -122,6 +122,10 @@ class TrackerHub:
     def _each(self, method: str, *args: Any, **kwargs: Any) -> None:
         for tracker in self.trackers:
             getattr(tracker, method)(*args, **kwargs)
+
+    def store_config(self, config: Mapping[str, Any]) -> None:
+        """Give every tracker the run's settings, flattened."""
+        self._each("store_init_configuration", _flat(config))
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         self._each("log", {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}, step=step)
