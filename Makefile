@@ -60,8 +60,11 @@ typecheck: $(STAMP)
 assets: $(STAMP)
 	PYTHONPATH=tests $(PY) -m support.assets
 
+# Two workers (pytest-xdist), one test file each at a time so module fixtures are built once; one torch
+# thread per worker (conftest). --durations lists the slowest tests so a slow one is seen in the CI log.
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=30
 test: $(STAMP) lint layers typecheck browser assets
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 # The demo reports to no experiment tracker (BACKPROPAGATE_TRAINING__REPORT_TO=<names> asks for some).
 demo: $(DEMO_STAMP)

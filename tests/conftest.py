@@ -22,6 +22,8 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["BACKPROPAGATE_HOME"] = tempfile.mkdtemp(prefix="backpropagate-home-")  # the user-level run index
 os.environ["BACKPROPAGATE_TRAINING__REPORT_TO"] = "none"  # tracker tests ask for theirs explicitly
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker: two workers share the machine's cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
