@@ -201,6 +201,8 @@ _SPECS = [
               "Call trainer.train(...) before save()/export()."),
     ErrorSpec("STATE_NO_ADAPTER", "Full fine-tuning has no adapter to switch off for a base-model answer.",
               "Chat with a second, untrained Trainer(model), or compare with sample_prompts (before/after)."),
+    ErrorSpec("STATE_ADAPTER_LOADED", "This Trainer holds a saved adapter to chat with or export, not a run to train.",
+              "Train a new run on the base (Trainer(base).train(...)), or finish the run that saved it (backprop resume)."),
     ErrorSpec("STATE_MODEL_SHARDED", "After an FSDP or DeepSpeed run each process holds only a share of the model in memory.",
               "Export or chat from the folder the run saved, in one process."),
     ErrorSpec("STATE_CHECKPOINT_INVALID", "A checkpoint is missing files or fails its checksums.",

@@ -70,7 +70,8 @@ def load_model(settings: ModelSettings, device: torch.device, dtype: torch.dtype
         if device.type == "cuda":
             kwargs["device_map"] = {"": device.index or 0}
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        with quiet_progress():
+            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise _load_error(name, exc) from exc
     model.config.use_cache = False  # training: a KV cache would also break packed attention
@@ -110,3 +111,19 @@ def peft_wrapping() -> Iterator[None]:
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
                                     category=FutureWarning)
         yield
+
+
+@contextmanager
+def quiet_progress() -> Iterator[None]:
+    """No transformers progress bars (loading weights: a bar per load, interleaved with our own output and
+    bars); restored after. Shown with log_level=DEBUG."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    if general_settings().log_level != "DEBUG":
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()

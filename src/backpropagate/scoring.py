@@ -3,7 +3,7 @@
 The loss is the one a run's held-out evaluation reports (``training.evaluation.held_out_totals``: mean
 cross-entropy per label token, packed like training, no dropout, no gradient), so the numbers of a run
 and of ``evaluate`` on the same rows agree. The base is scored with the adapter switched off, from the
-same loaded weights.
+same loaded weights (loaded as ``backprop chat`` loads them: ``chat.load_saved``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .chat import load_saved
 from .config import declared_default
 from .data import load_examples, tokenize_examples
-from .errors import BackpropagateError, check_count
-from .export.merge import check_adapter, find_base, resolve_source
+from .errors import check_count
+from .export.merge import resolve_source
 from .logs import redact
-from .models import peft_wrapping
 from .training.evaluation import held_out_totals
 
 MAX_SEQ_LENGTH: int = declared_default("max_seq_length")  # rows packed as training packs them
@@ -76,7 +76,8 @@ def evaluate(adapter: str | Path, data: Any, *, base: str | Path | None = None, 
     source = resolve_source(adapter)  # a coded error before anything loads
     examples = load_examples(data, require_assistant=train_on_responses, format=format,
                              text_column=text_column).examples
-    model, tokenizer, base_name = _load(source, base, trust_remote_code)
+    saved = load_saved(source.path, base=base, trust_remote_code=trust_remote_code)
+    model, tokenizer, base_name = saved.model, saved.tokenizer, saved.base_name
     samples = tokenize_examples(tokenizer, examples, train_on_responses=train_on_responses)
     report = EvalReport(source=redact(str(source.path)), base_model=base_name and redact(base_name),
                         data=redact(str(data)), rows=len(samples), label_tokens=0)
@@ -96,34 +97,3 @@ def _totals(model: Any, samples: list[Any], tokenizer: Any, adapter_on: bool, ma
     with switch:
         return held_out_totals(model, samples, tokenizer.pad_token_id, max_seq_length=max_seq_length,
                                batch_size=batch_size, progress=progress)
-
-
-def _load(source: Any, base: str | Path | None, trust_remote_code: bool) -> tuple[Any, Any, str | None]:
-    """The model to score (the base with the adapter on it), its tokenizer (the adapter's own when saved)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base_name = None
-    if source.kind == "adapter":
-        check_adapter(source.adapter_config or {})
-        base_name = find_base(source, base)
-    weights = base_name or str(source.path)
-    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    try:
-        model: Any = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype, trust_remote_code=trust_remote_code)
-        if base_name is not None:
-            from peft import PeftModel
-
-            with peft_wrapping():
-                model = PeftModel.from_pretrained(model, str(source.path))
-    except Exception as exc:  # noqa: BLE001 - shape mismatches and unreadable weights alike
-        raise BackpropagateError("DEP_BASE_MODEL_NOT_FOUND", f"{redact(str(source.path))} does not load on "
-                                 f"{redact(weights)!r}: {redact(str(exc))[:300]}",
-                                 hint="Pass the base model it was trained on (--base).") from exc
-    if torch.cuda.is_available():
-        model.to("cuda")
-    tokenizer_dir = source.path if (source.path / "tokenizer_config.json").is_file() else weights
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, base_name

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import check_output_dir, check_output_location
+from .chat import adapter_base_name, load_saved, saved_adapter_dir
 from .config import TRAINER_ARGS, Settings, resolve_settings
 from .continual.campaign import CampaignTools, run_campaign
 from .data.load import check_source
@@ -64,7 +65,13 @@ class Trainer:
     """
 
     def __init__(self, model: str | None = None, **options: Any) -> None:
-        """``model`` and any option of the parameter table (``help(Trainer)`` lists them with their types)."""
+        """``model`` and any option of the parameter table (``help(Trainer)`` lists them with their types).
+
+        ``model`` may be an adapter folder a run saved: the Trainer then holds that adapter on its base, to
+        ``chat`` with (adapter on) or ``export`` (as ``load_adapter`` does), not to train."""
+        self._adapter_dir = saved_adapter_dir(model)
+        if self._adapter_dir is not None:
+            model = adapter_base_name(self._adapter_dir) or model
         self.settings: Settings = resolve_settings(model=model, **options)
         check_method(self.settings)
         check_strategy(self.settings)  # FSDP / DeepSpeed limits, a DeepSpeed config that does not parse
@@ -76,6 +83,14 @@ class Trainer:
         self._loaded: LoadedModel | None = None
         self._sharded = False  # after an FSDP / DeepSpeed run this process holds only its share of the weights
         self.controls = RunControls()  # the last run's controls: what stop() signals
+
+    def load_adapter(self, path: str | Path, *, base: str | Path | None = None) -> Trainer:
+        """Load an adapter a run saved (``<output_dir>/lora``) on its base; ``chat`` then answers with it on
+        and ``export`` exports it. ``base`` replaces the base its adapter_config names. Returns ``self``."""
+        saved = load_saved(path, base=base, trust_remote_code=self.settings.model.trust_remote_code)
+        self._adapter_dir = saved.source.path
+        self.model, self.tokenizer, self.backend = saved.model, saved.tokenizer, "transformers+peft"
+        return self
 
     __init__.__signature__ = trainer_signature()  # type: ignore[attr-defined]  # help(), IDEs: every option
 
@@ -174,6 +189,7 @@ class Trainer:
         sensor. ``sample_prompts``: each is answered greedily by the base model before
         the first step and by the tuned model after the last (``run.sample_answers``, ``show-run``).
         """
+        self._check_trainable()
         check_count("steps", steps)
         evaluation = EvalRequest.check(eval_data, eval_fraction, self.settings.training, curriculum=curriculum)
         prompts = check_sample_prompts(sample_prompts)
@@ -198,6 +214,12 @@ class Trainer:
                      output=run.output_path, seconds=round(run.duration_seconds, 1))
         callback.fire("on_complete", run)
         return run
+
+    def _check_trainable(self) -> None:
+        if self._adapter_dir is not None:
+            raise BackpropagateError("STATE_ADAPTER_LOADED", f"this Trainer holds the saved adapter "
+                                     f"{redact(str(self._adapter_dir))} to chat with or export; it does not "
+                                     "train it further.")
 
     def _check_sources(self, *datasets: Any) -> None:
         """The model folder and the data files are checked first: a typo fails in a second, before the
@@ -323,6 +345,7 @@ class Trainer:
         checkpoints like a single run, so a campaign stopped (``stop()``) or killed in run i resumes from
         run i's last one. ``controls`` as for ``train``. Returns a ``continual.campaign.MultiRunResult``.
         """
+        self._check_trainable()
         self._check_sources(*(dataset if isinstance(dataset, list | tuple) else [dataset]))
         check_output_dir(self.output_dir)
         self.controls = controls or self.controls
@@ -346,6 +369,8 @@ class Trainer:
         """Where the last run saved (``lora-<id8>`` when another run held the folder), else ``<output>/lora``."""
         if self.last_run is not None and self.last_run.output_path:
             return Path(self.last_run.output_path)
+        if self._adapter_dir is not None:
+            return self._adapter_dir
         return self.output_dir / self._save_folder_name()
 
     def _run_target(self, session: Any, parallel: ProcessStrategy, log: Any) -> Path:
@@ -427,7 +452,9 @@ class Trainer:
         once trained: STATE_NO_ADAPTER). Before training it loads the model and answers with the base
         model, saying so once per call, so "how did the base model answer this?" works at any time.
         """
-        if self.last_run is None:
+        if self._adapter_dir is not None and self.model is None:
+            self.load_adapter(self._adapter_dir)
+        if self.last_run is None and self._adapter_dir is None:
             self.load()
             adapter = not has_adapter(self.model)  # the base: adapter off, or full fine-tuning's loaded weights
             get_logger().warning("chat_untrained", note="the model is not trained yet: this is the base model's "
@@ -444,7 +471,7 @@ class Trainer:
 
         Outputs default to ``<output_dir>/gguf``, ``<output_dir>/merged`` and the saved adapter folder.
         """
-        if self.model is None:
+        if self.model is None and self._adapter_dir is None:
             raise BackpropagateError("STATE_NOT_TRAINED", "there is no trained model to export yet.")
         self._check_whole()
         saved = self._saved_dir()

@@ -60,7 +60,7 @@ def _report(code: str, message: str, hint: str) -> None:
 def register_commands() -> None:
     """Import every command module; each registers its commands on ``app`` when imported."""
     # after `app` exists: each command module registers on it
-    from . import data, evaluate, export, info, multi_run, plan, resume, runs, train, ui  # noqa: F401
+    from . import chat, data, evaluate, export, info, multi_run, plan, resume, runs, train, ui  # noqa: F401
 
 
 def main() -> None:

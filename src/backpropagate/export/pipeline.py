@@ -10,7 +10,6 @@ folders and intermediate files are removed whatever happens; finished files appe
 from __future__ import annotations
 
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from ..atomic import scratch_dir
 from ..errors import BackpropagateError
 from ..logs import get_logger
+from ..models import quiet_progress
 from .adapter_gguf import write_adapter_gguf
 from .gguf_writer import NUMPY_TYPES, load_config, write_gguf
 from .merge import ExportSource, check_adapter, find_base, local_model_dir, merge_adapter, resolve_source
@@ -83,20 +83,6 @@ class ExportResult:
         return f"ExportResult ({self.format}, {self.verdict()})\n{self.summary()}"
 
 
-@contextmanager
-def _quiet_progress():
-    """No transformers progress bars while exporting (they interleave with the report); restored after."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
 def _artifact_name(path: Path) -> str:
     """A name for general.name: the run folder rather than trainer.save's generic "lora"."""
     generic = {"lora", "adapter", "merged", "model", "final"}
@@ -149,7 +135,7 @@ def export_model(source: str | Path, format: str = "gguf", *, quantization: str 
                  system: str | None = None, num_ctx: int | None = None, run: Any = None,
                  trust_remote_code: bool = False) -> ExportResult:
     """Export an adapter or model folder; see the README's "Export" section for every option."""
-    with _quiet_progress():
+    with quiet_progress():
         return _export(source, format, quantization, output, base, overwrite, verify, ollama, ollama_name,
                        system, num_ctx, run, trust_remote_code)
 

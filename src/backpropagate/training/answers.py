@@ -7,7 +7,8 @@ and cheap enough to run on every run that asks for them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import copy
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -40,25 +41,63 @@ def adapter_switched(model: Any, enabled: bool) -> Iterator[None]:
 
 def greedy_answer(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: int, system: str | None = None,
                   adapter: bool = True) -> str:
-    """The model's greedy reply to one user message, rendered with its chat template; eval mode while it
-    generates (no dropout), the model's train/eval mode is restored after."""
+    """The model's greedy reply to one user message, rendered with its chat template."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return generate_reply(model, tokenizer, messages, max_new_tokens=max_new_tokens, adapter=adapter)
+
+
+def generate_reply(model: Any, tokenizer: Any, messages: Sequence[dict[str, str]], *, max_new_tokens: int,
+                   adapter: bool = True, temperature: float = 0.0,
+                   on_text: Callable[[str], Any] | None = None) -> str:
+    """The model's reply to a conversation, rendered with its chat template; greedy at ``temperature`` 0.
+
+    ``on_text`` receives the reply as it is generated (whole words, as transformers' TextStreamer cuts it).
+    Eval mode while it generates (no dropout); the model's train/eval mode is restored after. The model's
+    own generation config is kept (e.g. a repetition penalty) but its sampling settings are not: they are
+    this call's.
+    """
     import torch
 
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    stop = [tokenizer.convert_tokens_to_ids(t) for t in end_of_turn_tokens(tokenizer)]
     device = next(model.parameters()).device
     training = model.training
     model.eval()
     try:
         with adapter_switched(model, adapter), torch.no_grad():
             out = model.generate(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
-                                 max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
-                                 pad_token_id=tokenizer.pad_token_id, use_cache=True)
+                                 generation_config=_generation_config(model, tokenizer, max_new_tokens, temperature),
+                                 streamer=_streamer(tokenizer, on_text))
     finally:
         model.train(training)
     return str(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+
+
+def _generation_config(model: Any, tokenizer: Any, max_new_tokens: int, temperature: float) -> Any:
+    """The model's generation config with this call's length, sampling and end-of-turn stops."""
+    config = copy.deepcopy(model.generation_config)
+    sampled = temperature > 0
+    config.update(max_new_tokens=max_new_tokens, do_sample=sampled, temperature=temperature if sampled else None,
+                  top_p=config.top_p if sampled else None, top_k=config.top_k if sampled else None,
+                  eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in end_of_turn_tokens(tokenizer)],
+                  pad_token_id=tokenizer.pad_token_id, use_cache=True)
+    return config
+
+
+def _streamer(tokenizer: Any, on_text: Callable[[str], Any] | None) -> Any:
+    """transformers' TextStreamer (the reply only, no special tokens) handing its text to ``on_text``."""
+    if on_text is None:
+        return None
+    from transformers import TextStreamer
+
+    emit = on_text
+
+    class _ToCallback(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                emit(text)
+
+    return _ToCallback(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
 def check_sample_prompts(prompts: Any) -> list[str]:
