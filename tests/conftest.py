@@ -21,6 +21,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["BACKPROPAGATE_HOME"] = tempfile.mkdtemp(prefix="backpropagate-home-")  # the user-level run index
+# An empty Hugging Face cache: a hub id is "downloaded" only where a test puts it (support.hub_cache).
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="backpropagate-hf-cache-")
 os.environ["BACKPROPAGATE_TRAINING__REPORT_TO"] = "none"  # tracker tests ask for theirs explicitly
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker: two workers share the machine's cores
     os.environ.setdefault("OMP_NUM_THREADS", "1")

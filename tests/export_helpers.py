@@ -81,9 +81,11 @@ def _serve(handle: Any) -> Iterator[FakeServer]:
             server_state.requests.append(item)
             return item
 
-        def _reply(self, code: int, payload: Any = None) -> None:
+        def _reply(self, code: int, payload: Any = None, headers: dict[str, str] | None = None) -> None:
             data = b"" if payload is None else json.dumps(payload).encode()
             self.send_response(code)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -139,7 +141,8 @@ def _ollama(handler: Any, req: Recorded, state: FakeServer) -> None:
 
 
 def _hub(handler: Any, req: Recorded, state: FakeServer) -> None:
-    """The Hub endpoints huggingface_hub uses to create a repo and commit small files in one go."""
+    """The Hub endpoints huggingface_hub uses to create a repo and commit small files in one go; any file of
+    another repo is "Repository not found" (401 with X-Error-Code, as huggingface.co answers anonymously)."""
     if state.state.get("deny"):
         handler._reply(401, {"error": "Invalid credentials in Authorization header"})
     elif req.path == "/api/repos/create":
@@ -152,6 +155,9 @@ def _hub(handler: Any, req: Recorded, state: FakeServer) -> None:
         files = req.json()["files"]
         handler._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
                                        for f in files]})
+    elif "/resolve/" in req.path:  # a file of a repo this Hub does not have: what huggingface.co answers
+        handler._reply(401, {"error": "Repository not found"},
+                       {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
     elif "/commit/" in req.path:
         lines = [json.loads(line) for line in req.body.decode().splitlines() if line.strip()]
         state.state["commit"] = {

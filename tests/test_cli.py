@@ -81,6 +81,27 @@ def test_bad_steps_and_env_errors(tmp_path: Path) -> None:
     assert "[INPUT_CONFIG_INVALID]:" in result.stderr and "BACKPROPAGATE_LORA__R" in result.stderr
 
 
+
+def test_a_hub_id_that_cannot_load_fails_at_once_before_the_table(tmp_path: Path) -> None:
+    """A misspelled id, offline or with the Hub unreachable, is one coded line with no retry loop (transformers
+    retries for half a minute), before the start-up table and any run id."""
+    from export_helpers import closed_port, fake_hub
+
+    args = ("train", "--data", str(quickstart_path()), "--model", "Qwen/Qwen2.5-0.5B-Instrukt", "--steps", "1",
+            "--output", str(tmp_path / "o"))
+    unreachable = run(*args, env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"})
+    offline = run(*args, env={"HF_HUB_OFFLINE": "1"})
+    with fake_hub() as hub:  # a Hub that answers "Repository not found" for a repo it does not have
+        missing = run(*args, env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url})
+    assert "the Hub cannot be reached" in unreachable.stderr and "HF_HUB_OFFLINE is set" in offline.stderr
+    assert "there is no model 'Qwen/Qwen2.5-0.5B-Instrukt' on the Hub" in missing.stderr
+    for result in (unreachable, offline, missing):
+        assert result.returncode == 1 and result.stderr.startswith("[DEP_MODEL_LOAD_FAILED]:"), result.stderr
+        assert "Retrying" not in result.stderr and "Traceback" not in result.stderr
+        assert "smart_defaults" not in result.stderr and "run_started" not in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_secrets_are_redacted_in_errors(tmp_path: Path) -> None:
     result = run("train", "--data", str(quickstart_path()), "--model", "./hf_abcdefghijklmnopqrstuvwxyz/model",
                  "--steps", "1", "--output", str(tmp_path / "o"))

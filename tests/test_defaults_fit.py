@@ -17,6 +17,7 @@ from backpropagate.plan import GB
 from backpropagate.plan_table import CARDS_GB, cell, fit_table, readme_section
 from backpropagate.presets import MODEL_PRESETS
 from backpropagate.training.fit import SAFETY_MARGIN
+from support.hub_cache import cache_hub_config
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = HardwareFacts(device="cpu", ram_gb=64)
@@ -88,6 +89,21 @@ def test_explicit_settings_are_never_changed(kwargs: dict, setting: str, value: 
     assert not any(c.startswith(f"{setting}=") for c in d.changes)
 
 
+
+def test_the_presets_rank_is_capped_by_the_models_widest_layer(tiny_llama: Path) -> None:
+    """The tiny llama's layers are at most 64 wide: the quality preset's r=256 only costs time there. The
+    rank drops to 64 with alpha (alpha / r kept), the start-up table says so; a rank the user set stays."""
+    capped = Trainer(str(tiny_llama)).smart_defaults(CPU)
+    assert (capped.lora_r, capped.lora_alpha) == (64, 128.0)
+    assert "r=64 alpha=128" in capped.table() and "r capped at 64 (from 256)" in _why(capped)["method"]
+    assert Trainer(str(tiny_llama)).settings.lora.r == 256  # the settings keep the preset; the run uses 64
+    for kwargs in ({"lora_r": 256}, {"lora_r": 16}):
+        kept = Trainer(str(tiny_llama), **kwargs).smart_defaults(CPU)
+        assert kept.lora_r == kwargs["lora_r"] and "capped" not in kept.table()
+    wide = Trainer("qwen2.5-7b").smart_defaults(CPU)  # 3584 wide: the preset stands
+    assert wide.lora_r == 256 and "capped" not in wide.table()
+
+
 def test_an_environment_variable_counts_as_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BACKPROPAGATE_MODEL__LOAD_IN_4BIT", "false")
     d = Trainer("qwen2.5-7b").smart_defaults(_card(16))
@@ -102,8 +118,10 @@ def test_the_cpu_keeps_todays_values() -> None:
 
 
 def _on_card(monkeypatch: pytest.MonkeyPatch, gb: int) -> None:
-    """The Trainer probes a GPU of ``gb`` GB instead of this machine."""
+    """The Trainer probes a GPU of ``gb`` GB instead of this machine, which has fetched the 7B's config once
+    (so the run gets past the model check, offline, to the memory check)."""
     monkeypatch.setattr(trainer_module, "probe_hardware", lambda: _card(gb))
+    cache_hub_config("Qwen/Qwen2.5-7B-Instruct")
 
 
 def _data(tmp_path: Path) -> Path:

@@ -175,3 +175,17 @@ def _assert_curves_drawn(path: Path, *, colours: int) -> None:
     assert len(saturated) > 20
     hues = {(p[0] > p[2], p[1] > 100) for p in saturated}
     assert len(hues) >= colours
+
+
+def test_a_run_is_listed_under_the_path_the_user_gave_not_a_symlinks_target(tiny_llama: Path,
+                                                                            tmp_path: Path) -> None:
+    target = tmp_path / "disk" / "runs"
+    target.mkdir(parents=True)
+    link = tmp_path / "my-output"
+    link.symlink_to(target)
+    run = Trainer(str(tiny_llama), output_dir=link, **ARGS).train(str(quickstart_path()), steps=2)
+    (listed,) = [r for r in runs.list() if r.run_id == run.run_id]  # once, though two paths lead there
+    assert listed.output_dir == str(link)
+    assert runs.get(run.run_id, target).run_id == run.run_id  # the target still finds it
+    shown = _cli("show-run", run.run_id[:8])
+    assert shown.returncode == 0 and f"output dir  {link}" in shown.stdout, shown.stdout + shown.stderr

@@ -33,14 +33,18 @@ FINITE = ConfigDict(allow_inf_nan=False)  # inf / nan are refused like any other
 
 
 def option(default: Any, description: str, *, flags: tuple[str, ...] = (), arg: str | None = None,
-           changes_training: bool = True, campaign: bool = True, **constraints: Any) -> Any:
+           changes_training: bool = True, campaign: bool = True, panel: str | None = None,
+           **constraints: Any) -> Any:
     """A settings field that is also a Trainer argument and a CLI flag: the one place the option is declared.
 
     ``description`` is its documentation (CLI help, README); ``flags`` replace the flag derived from the name
     (``--lora-r``, ``--packing/--no-packing``); ``arg`` is the Trainer argument when it is not the field's
-    name; ``changes_training=False`` lets a resume change it; ``campaign=False`` keeps it off ``multi-run``.
+    name; ``changes_training=False`` lets a resume change it; ``campaign=False`` keeps it off ``multi-run``;
+    ``panel`` is its section of ``--help`` (default: its group's, Model / LoRA / Training).
     """
     extra: dict[str, Any] = {"changes_training": changes_training, "campaign": campaign}
+    if panel:
+        extra["panel"] = panel
     if flags:
         extra["cli"] = list(flags)
     if arg:
@@ -124,7 +128,7 @@ class TrainingSettings(BaseModel):
 
     mode: Literal["lora", "full"] = option(
         "lora", '"lora" trains an adapter; "full" trains every weight (models up to 4.5 B parameters, the 4 B '
-        "class) and saves a full model folder (<output_dir>/model).", campaign=False)
+        "class) and saves a full model folder (<output_dir>/model).", campaign=False, panel="LoRA")
     learning_rate: float = option(
         BASE_LEARNING_RATE, "Peak learning rate (after warm-up). Left unset: 2e-4 times the LoRA preset's factor "
         '(quality 10x = 2e-3, fast 1x = 2e-4); mode="full" uses 2e-4.', flags=("--learning-rate", "--lr"), gt=0)
@@ -135,14 +139,14 @@ class TrainingSettings(BaseModel):
         4, 'Micro-batches per optimizer step. Left unset with batch_size "auto" on a GPU, raised to keep 16 rows '
         "per step (8 at batch 2, 16 at batch 1).", gt=0, le=COUNT_MAX)
     max_seq_length: int = option(2048, "Tokens per packed row; longer samples are truncated (and counted).",
-                                 gt=0, le=2**24)
+                                 gt=0, le=2**24, panel="Data")
     output_dir: Path = option(Path("./output"), "Where the adapter (<output_dir>/lora), checkpoints and the run "
-                              "history (runs.db) go.", flags=("--output", "-o"), changes_training=False)
+                              "history (runs.db) go.", flags=("--output", "-o"), changes_training=False, panel="Checkpoints and guards")
     train_on_responses: bool = option(
         True, "Take the loss on assistant tokens only (and the end-of-turn token that closes them); "
-        "--train-on-all (False) trains on every token.", flags=("--train-on-responses/--train-on-all",))
+        "--train-on-all (False) trains on every token.", flags=("--train-on-responses/--train-on-all",), panel="Data")
     packing: bool = option(True, "Pack several samples into each row without padding; attention never crosses "
-                           "samples. False puts one sample per row.")
+                           "samples. False puts one sample per row.", panel="Data")
     chunked_loss: bool | None = option(
         None, "Compute the loss a chunk of tokens at a time (at most 1024 tokens and 32 M logits), so the "
         "[tokens, vocabulary] fp32 logits never exist whole (same loss and gradients); unset (auto) is on. "
@@ -169,54 +173,54 @@ class TrainingSettings(BaseModel):
         "auto", 'Recompute activations in the backward pass to save memory: on, off, or "auto" (on for a GPU, '
         "off on the CPU).")
     save_steps: int = option(50, "Write a resumable checkpoint every this many optimizer steps (and always at the "
-                             "end); 0 saves only at the end.", ge=0, le=COUNT_MAX, changes_training=False)
+                             "end); 0 saves only at the end.", ge=0, le=COUNT_MAX, changes_training=False, panel="Checkpoints and guards")
     logging_steps: int | None = option(
         None, "Where no live bar shows (a log file, a pipe, progress=False): a log line with the loss every this "
         "many steps; the run history's progress is updated as often. Unset: a tenth of the run, at least 1.",
-        ge=1, le=COUNT_MAX, changes_training=False)
+        ge=1, le=COUNT_MAX, changes_training=False, panel="Tracking")
     progress: bool | None = option(
         None, "A live progress bar (step, loss, tokens/s, ETA) in a terminal or a Jupyter notebook. Unset: shown "
-        "where stderr is a terminal or in a notebook; --no-progress: log lines only.", changes_training=False)
+        "where stderr is a terminal or in a notebook; --no-progress: log lines only.", changes_training=False, panel="Tracking")
     keep_checkpoints: int = option(2, "How many of the newest checkpoints of a run to keep (>= 1).", ge=1,
-                                   le=COUNT_MAX, changes_training=False)
+                                   le=COUNT_MAX, changes_training=False, panel="Checkpoints and guards")
     eval_steps: int = option(50, "With held-out rows (eval_data, eval_fraction, or automatic on 1000+ rows): "
                              "evaluate every this many optimizer steps, and at the end (> 0).", gt=0, le=COUNT_MAX,
-                             campaign=False)
+                             campaign=False, panel="Evaluation")
     early_stopping_patience: int | None = option(
         None, "Stop after this many evaluations in a row without improvement of the held-out loss (a complete "
-        "run); needs an evaluation. Unset: never stop early.", ge=1, le=COUNT_MAX, campaign=False)
+        "run); needs an evaluation. Unset: never stop early.", ge=1, le=COUNT_MAX, campaign=False, panel="Evaluation")
     early_stopping_min_delta: float = option(0.0, "The held-out loss must fall by more than this to count as an "
-                                             "improvement (>= 0).", ge=0, campaign=False)
+                                             "improvement (>= 0).", ge=0, campaign=False, panel="Evaluation")
     keep_best: bool = option(False, "Save the adapter of the best evaluation as the run's adapter (the last "
                              "step's goes to <name>-last); off: the last step's (the best goes to <name>-best).",
-                             campaign=False)
+                             campaign=False, panel="Evaluation")
     oom_recovery: bool = option(
         True, "On a GPU out-of-memory error, halve the micro-batch, double the accumulation (same rows per step) "
-        "and redo the step; False makes the first OOM a RUNTIME_GPU_OOM failure.", changes_training=False)
+        "and redo the step; False makes the first OOM a RUNTIME_GPU_OOM failure.", changes_training=False, panel="Checkpoints and guards")
     report_to: str | list[str] = option(
         "auto", 'Experiment trackers: "auto" (each one you set up: tensorboard when installed, mlflow when '
         "MLFLOW_TRACKING_URI is set, wandb when WANDB_API_KEY or WANDB_MODE is set or after `wandb login`; the "
         'log says which and why), "none", or names (a list, or comma-separated). Files go to the output '
-        "directory; W&B named without credentials runs offline.")
+        "directory; W&B named without credentials runs offline.", panel="Tracking")
     strategy: Literal["ddp", "fsdp", "deepspeed"] = option(
         "ddp", 'How the processes of a multi-process run (--nproc, torchrun, srun) share the model: "ddp" (each '
         'holds all of it), "fsdp" (PyTorch FSDP: weights, gradients and optimizer state sharded, one decoder '
         'layer gathered at a time) or "deepspeed" (DeepSpeed ZeRO, the deepspeed extra). One process ignores it.',
-        changes_training=False, campaign=False)
+        changes_training=False, campaign=False, panel="Scale")
     deepspeed_config: Path | None = option(
         None, 'A DeepSpeed JSON config file (implies strategy="deepspeed"); batch sizes and clipping come from '
         'this run\'s settings ("auto" in the file), and it may not name an optimizer or scheduler.',
-        flags=("--deepspeed-config", "--deepspeed"), changes_training=False, campaign=False)
+        flags=("--deepspeed-config", "--deepspeed"), changes_training=False, campaign=False, panel="Scale")
     zero_stage: Literal[0, 1, 2, 3] | None = option(
         None, 'DeepSpeed ZeRO stage (implies strategy="deepspeed"): 2 partitions optimizer state and gradients, '
         "3 the weights too; overrides the file's; unset means 2.", flags=("--zero-stage", "--zero"),
-        changes_training=False, campaign=False)
+        changes_training=False, campaign=False, panel="Scale")
     thermal_pause_celsius: float = option(85.0, "GPU temperature at which training checkpoints and pauses (NVML; "
-                                          "off on the CPU).", gt=0, changes_training=False)
+                                          "off on the CPU).", gt=0, changes_training=False, panel="Checkpoints and guards")
     thermal_resume_celsius: float = option(75.0, "A paused run continues once the GPU is below this temperature.",
-                                           gt=0, changes_training=False)
+                                           gt=0, changes_training=False, panel="Checkpoints and guards")
     thermal_critical_celsius: float = option(95.0, "At this GPU temperature training checkpoints and stops "
-                                             "(RUNTIME_GPU_TEMPERATURE_CRITICAL).", gt=0, changes_training=False)
+                                             "(RUNTIME_GPU_TEMPERATURE_CRITICAL).", gt=0, changes_training=False, panel="Checkpoints and guards")
 
     @field_validator("thermal_resume_celsius", "thermal_critical_celsius")
     @classmethod

@@ -80,10 +80,43 @@ def load_model(settings: ModelSettings, device: torch.device, dtype: torch.dtype
 
 
 def check_model_source(name: str) -> None:
-    """A model named by a path that is not there fails now, before the start-up table and any run id."""
+    """A model that cannot load fails now, before the start-up table and any run id: a path that is not there,
+    or a hub id that is neither in the Hugging Face cache nor on a reachable Hub (one request, no retries:
+    transformers would retry for half a minute before saying so)."""
     error = _missing_folder(name)
     if error is not None:
         raise error
+    if not Path(name).expanduser().exists():
+        _check_hub_id(name)
+
+
+def _check_hub_id(name: str) -> None:
+    from huggingface_hub import constants, file_exists, try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return
+    except ValueError as exc:  # huggingface_hub's HFValidationError: not the shape of a repo id
+        raise BackpropagateError("DEP_MODEL_LOAD_FAILED", f"{redact(name)!r} is not a model folder or a hub id: "
+                                 f"{redact(str(exc))[:200]}", hint=_HUB_HINT, retryable=False) from exc
+    if constants.HF_HUB_OFFLINE:
+        raise BackpropagateError("DEP_MODEL_LOAD_FAILED", f"model {redact(name)!r} is not in the Hugging Face "
+                                 "cache, and HF_HUB_OFFLINE is set.", hint=_HUB_HINT, retryable=False)
+    try:
+        found = file_exists(name, "config.json")
+    except Exception as exc:  # noqa: BLE001 - DNS, refused, timeout: the Hub cannot be reached
+        raise BackpropagateError("DEP_MODEL_LOAD_FAILED", f"model {redact(name)!r} is not in the Hugging Face "
+                                 f"cache and the Hub cannot be reached ({type(exc).__name__}: "
+                                 f"{redact(str(exc))[:160]}).", hint=_HUB_HINT, retryable=True) from exc
+    if not found:
+        raise BackpropagateError("DEP_MODEL_LOAD_FAILED", f"there is no model {redact(name)!r} on the Hub "
+                                 "(or it is private or gated and you are not logged in).",
+                                 hint="Check the id for typos (`backprop info --presets` lists short names); "
+                                      "for a gated model run `hf auth login`.", retryable=False)
+
+
+_HUB_HINT = ("Check the id for typos; download it once while online (`hf download <id>`), or pass a local "
+             "folder holding config.json and the weights.")
 
 
 def _missing_folder(name: str) -> BackpropagateError | None:

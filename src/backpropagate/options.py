@@ -10,39 +10,14 @@ from __future__ import annotations
 import functools
 import inspect
 import types
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from .config import OPTION_GROUPS, TRAINER_ARGS, default_settings
+from .option_spec import OptionSpec, ValueKind, help_text, plain_value
 
-ValueKind = Literal["switch", "on_off_auto", "int", "float", "path", "text"]
-
-
-@dataclass(frozen=True)
-class OptionSpec:
-    """One Trainer option as the shells and the docs see it."""
-    arg: str  # the Trainer argument (and CLI parameter) name
-    group: str  # settings group: model, lora or training
-    field: str  # the field in that group
-    kind: ValueKind  # how a command line spells its value
-    default: Any  # what a run gets when nothing sets it (the LoRA preset applied)
-    preset: str | None  # "quality" when that default comes from the LoRA preset
-    description: str
-    flags: tuple[str, ...]  # Click declarations, e.g. ("--learning-rate", "--lr") or ("--packing/--no-packing",)
-    changes_training: bool  # False: a resume may change it (how a run is looked after, not what it computes)
-    campaign: bool  # whether `backprop multi-run` takes it
-
-    @property
-    def env(self) -> str:
-        """Its environment variable."""
-        return f"BACKPROPAGATE_{self.group.upper()}__{self.field.upper()}"
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Every spelling on the command line (both halves of a switch)."""
-        return tuple(name for flag in self.flags for name in flag.split("/"))
-
+__all__ = ["OptionSpec", "help_text", "plain_value", "trainer_options", "option", "operational_options",
+           "trainer_signature", "catalog_source"]
 
 def value_kind(annotation: Any) -> ValueKind:
     """How a field's type is spelled on a command line."""
@@ -91,8 +66,18 @@ def trainer_options() -> tuple[OptionSpec, ...]:
             arg=arg, group=group, field=name, kind=kind, default=getattr(getattr(defaults, group), name),
             preset=source.removeprefix("preset ") if source.startswith("preset ") else None,
             description=str(info.description), flags=_flags(arg, kind, extra),
-            changes_training=bool(extra.get("changes_training", True)), campaign=bool(extra.get("campaign", True))))
+            changes_training=bool(extra.get("changes_training", True)), campaign=bool(extra.get("campaign", True)),
+            panel=str(extra.get("panel", _GROUP_PANELS[group])), choices=_choices(info.annotation)))
     return tuple(specs)
+
+
+_GROUP_PANELS = {"model": "Model", "lora": "LoRA", "training": "Training"}
+
+
+def _choices(annotation: Any) -> tuple[str, ...]:
+    """The values a Literal field allows (as a command line spells them), else ()."""
+    members = _members(annotation) - {type(None)}
+    return tuple(str(v) for m in members if get_origin(m) is Literal for v in get_args(m))
 
 
 def option(arg: str) -> OptionSpec:
@@ -105,24 +90,6 @@ def operational_options() -> frozenset[str]:
     return frozenset(spec.arg for spec in trainer_options() if not spec.changes_training)
 
 
-def plain_value(value: Any) -> str:
-    """A default as a user types it: ``256``, ``auto``, ``./output``, ``q_proj,v_proj``."""
-    if isinstance(value, Path):
-        text = value.as_posix()
-        return text if value.is_absolute() or text.startswith(".") else f"./{text}"
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
-def help_text(spec: OptionSpec) -> str:
-    """CLI help: the description and the real default (unset ones say what unset means in the description)."""
-    if spec.default is None:
-        return spec.description
-    shown = ("on" if spec.default else "off") if isinstance(spec.default, bool) else plain_value(spec.default)
-    return f"{spec.description} [default: {shown}{f', the {spec.preset} preset' if spec.preset else ''}]"
-
-
 def trainer_signature() -> inspect.Signature:
     """``Trainer.__init__``'s signature, read from the declarations: ``model`` first, every other option a
     keyword defaulting to ``None`` (unset: the environment, the preset or the declared default decides)."""
@@ -133,3 +100,26 @@ def trainer_signature() -> inspect.Signature:
         kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if spec.arg == "model" else inspect.Parameter.KEYWORD_ONLY
         params.append(inspect.Parameter(spec.arg, kind, default=None, annotation=annotation | None))
     return inspect.Signature(params, return_annotation=None)
+
+
+def catalog_source() -> str:
+    """The text of ``option_catalog.py``: the catalog as literal records, for the shells to read without
+    pydantic (``python -m backpropagate.options --write`` writes it; a test fails when it is stale)."""
+    lines = ['"""The Trainer options for the shells, generated from the settings fields by',
+             "``python -m backpropagate.options --write`` (do not edit: tests/test_options_complete.py fails when",
+             'it differs from the declarations in config.py)."""', "", "from pathlib import PosixPath  # noqa: F401",
+             "", "from .option_spec import OptionSpec", "", "OPTIONS: tuple[OptionSpec, ...] = ("]
+    lines += [f"    {spec!r}," for spec in trainer_options()]
+    lines += [")", "", "", "def declared(arg: str) -> OptionSpec:", '    """The option named ``arg`` (a Trainer argument name)."""',
+              "    return next(spec for spec in OPTIONS if spec.arg == arg)", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    target = Path(__file__).with_name("option_catalog.py")
+    if sys.argv[1:] == ["--write"]:
+        target.write_text(catalog_source(), encoding="utf-8")
+    else:
+        sys.stdout.write(catalog_source())

@@ -221,6 +221,13 @@ class MemoryPlan:
         return "\n".join(lines)
 
 
+def useful_rank(shape: ModelShape, targets: str | tuple[str, ...]) -> int:
+    """The highest LoRA rank that adds anything on ``shape``: the widest targeted layer's min(in, out) (a
+    rank above a layer's width only costs time); 0 when no layer is targeted."""
+    wanted = resolve_target_modules(targets, [x.name for x in shape.linears])
+    return max((min(x.in_features, x.out_features) for x in shape.linears if _is_target(x, wanted)), default=0)
+
+
 def _is_target(layer: LinearLayer, targets: str | tuple[str, ...]) -> bool:
     if targets == "all-linear":
         return True

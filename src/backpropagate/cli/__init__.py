@@ -1,7 +1,8 @@
 """The ``backprop`` command: a thin Typer shell over the Python API.
 
-At start-up it imports typer, the settings and the logs, never torch or gradio: each command imports
-those when it runs, so ``backprop --help`` stays fast. Errors print as ``[CODE]: message`` plus a hint, without a traceback
+At start-up it imports typer and the option catalog (plain data), never pydantic, structlog, torch or
+gradio: each command imports those when it runs, so ``backprop --help`` stays fast
+(tests/test_cli_imports.py lists what it may import). Errors print as ``[CODE]: message`` plus a hint, without a traceback
 unless ``--verbose`` or ``BACKPROPAGATE_DEBUG=1``.
 """
 
@@ -12,9 +13,8 @@ import sys
 import typer
 
 from .. import __version__
-from ..config import general_settings
 from ..errors import CATALOG, BackpropagateError
-from ..logs import redact
+from ..redaction import redact
 
 app = typer.Typer(
     name="backprop",
@@ -45,6 +45,8 @@ def _root(
 
 
 def _debug() -> bool:
+    from ..config import general_settings  # lazy: pydantic-settings, only on an error (--help stays light)
+
     try:
         return _state["verbose"] or general_settings().debug
     except BackpropagateError:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ..config import declared_default, resolve_settings
+from ..option_catalog import declared
 from . import app
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ def perplexity_command(
     """Score every row's perplexity with a reference model; drop rows outside the thresholds."""
     from ..data.perplexity import perplexity_file, scores_path_for  # lazy: torch
 
-    name = model or resolve_settings().model.name
+    name = _model_name(model)
     with _bar("scoring") as progress:
         result = perplexity_file(source, out, name, on=on, max_perplexity=max_perplexity,
                                  min_perplexity=min_perplexity, max_percentile=max_percentile,
@@ -199,7 +199,7 @@ def report_command(
     source: str = typer.Argument(..., help=SOURCE_HELP),
     tokenizer: str = typer.Option(None, "--tokenizer", help="Count real tokens with this tokenizer's chat template "
                                   "[default: count words]."),
-    max_seq_length: int = typer.Option(declared_default("max_seq_length"), "--max-seq-length", help="Rows longer "
+    max_seq_length: int = typer.Option(declared("max_seq_length").default, "--max-seq-length", help="Rows longer "
                                        "than this (in tokens) are "
                                        "reported as truncated."),
     languages: str = typer.Option(None, "--languages", help="Also run the language filter for these codes (en,fr)."),
@@ -249,7 +249,7 @@ def preview_command(
     from ..data.preview import preview  # lazy: transformers templates
     from ..data.reference import resolve_tokenizer  # lazy: transformers tokenizers
 
-    tokenizer = resolve_tokenizer(model or resolve_settings().model.name)
+    tokenizer = resolve_tokenizer(_model_name(model))
     shown = preview(source, tokenizer, row, train_on_responses=not all_tokens, format=format, text_column=text_column)
     if json_output:
         typer.echo(json.dumps(shown.to_dict(), ensure_ascii=False))
@@ -271,3 +271,10 @@ def _print_preview(shown: RowPreview) -> None:
     for text, trained in shown.segments:
         if trained:
             console.print(Text(text, style="green"))
+
+
+def _model_name(model: str | None) -> str:
+    """``model``, else the one the settings name (BACKPROPAGATE_MODEL__NAME or the default)."""
+    from ..config import resolve_settings  # lazy: pydantic-settings (--help stays light)
+
+    return model or resolve_settings().model.name

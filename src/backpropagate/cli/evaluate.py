@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..config import declared_default
+from ..option_catalog import declared
 from . import app
 from .progress import batch_progress
 
@@ -20,7 +20,7 @@ def eval_command(
     no_base: bool = typer.Option(False, "--no-base", help="Score the adapter only, not its base."),
     format: str = typer.Option(None, "--format", help="Dataset format [default: detected]."),
     text_column: str = typer.Option(None, "--text-column", help="Column holding the text [default: detected]."),
-    max_seq_length: int = typer.Option(declared_default("max_seq_length"), "--max-seq-length",
+    max_seq_length: int = typer.Option(declared("max_seq_length").default, "--max-seq-length",
                                        help="Tokens per packed row."),
     batch_size: int = typer.Option(4, "--batch-size", help="Packed rows per forward pass."),
     all_tokens: bool = typer.Option(False, "--all-tokens", help="Score every token of a conversation, not only "

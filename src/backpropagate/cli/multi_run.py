@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from . import app
+from .help import PanelCommand
 from .options import with_trainer_options
 from .progress import TrainingProgress
 from .train import interruptible
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from ..continual.campaign import MultiRunResult
 
 
-@app.command("multi-run")
+@app.command("multi-run", cls=PanelCommand)
 @with_trainer_options(lambda spec: spec.campaign)
 def multi_run(
     data: list[str] = typer.Option(None, "--data", "-d", help="A dataset per run (repeat --data), or one dataset "

@@ -1,5 +1,6 @@
-"""Typer options generated from the option catalog (``backpropagate.options``), so a command never declares
-a Trainer option by hand and its help always shows the field's description and real default."""
+"""Typer options generated from the option catalog (``backpropagate.option_catalog``, generated from the
+settings fields), so a command never declares a Trainer option by hand and its help always shows the field's
+description, allowed values and real default, in its panel. The catalog is plain data: no pydantic at start."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any, TypeVar
 
 import typer
 
-from ..options import OptionSpec, help_text, trainer_options
+from ..option_catalog import OPTIONS
+from ..option_spec import OptionSpec, help_text
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 _CLI_TYPES: dict[str, type] = {"switch": bool, "on_off_auto": str, "int": int, "float": float, "path": Path,
@@ -31,7 +33,7 @@ def with_trainer_options(select: Callable[[OptionSpec], bool] = lambda spec: Tru
     The command declares its own arguments plus ``**options``; it receives the Trainer options there, by
     Trainer argument name, None where not given, ready for ``Trainer(**options)``.
     """
-    specs = [spec for spec in trainer_options() if select(spec)]
+    specs = [spec for spec in OPTIONS if select(spec)]
 
     def decorate(command: Command) -> Command:
         own = inspect.signature(command, eval_str=True)
@@ -40,7 +42,8 @@ def with_trainer_options(select: Callable[[OptionSpec], bool] = lambda spec: Tru
         if clash:
             raise ValueError(f"{command.__name__} declares Trainer option(s) by hand: {sorted(clash)}")
         params += [inspect.Parameter(spec.arg, inspect.Parameter.KEYWORD_ONLY, annotation=_CLI_TYPES[spec.kind],
-                                     default=typer.Option(None, *spec.flags, help=help_text(spec)))
+                                     default=typer.Option(None, *spec.flags, help=help_text(spec),
+                                                          rich_help_panel=spec.panel))
                    for spec in specs]
 
         @functools.wraps(command)

@@ -7,15 +7,15 @@ from typing import Any
 
 import typer
 
-from ..training.methods import MethodArguments, method_arguments
 from . import app
+from .help import PanelCommand
 from .options import with_trainer_options
 
 # The settings a memory plan depends on that `backprop plan` takes as flags (a preset name as --model works offline).
 PLAN_OPTIONS = frozenset({"model", "lora_preset", "lora_r", "target_modules", "optim", "gradient_checkpointing"})
 
 
-@app.command()
+@app.command(cls=PanelCommand)
 @with_trainer_options(lambda spec: spec.arg in PLAN_OPTIONS)
 def plan(
     method: str = typer.Option(None, "--method", help="lora (16-bit base), qlora, dora or full [default: what "
@@ -29,8 +29,9 @@ def plan(
 ) -> None:
     """Estimate peak memory of the step the run will use (smart defaults fitted to the card) and whether it fits."""
     from ..trainer import Trainer  # lazy: torch
+    from ..training.methods import method_arguments  # lazy: the settings (--help stays light)
 
-    chosen: MethodArguments = method_arguments(method) if method else {}
+    chosen = method_arguments(method) if method else {}
     trainer = Trainer(**options, **chosen)
     result = trainer.plan(seq_len=seq_len, batch_size=batch_size, vram_gb=vram)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.report())

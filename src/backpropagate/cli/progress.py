@@ -7,20 +7,20 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-
-from ..training.callbacks import TrainingCallback
-
 
 class TrainingProgress:
+    """The live bar of ``backprop train`` / ``multi-run`` / ``resume`` (rich, imported when one is made)."""
+
     def __init__(self, total: int | None, *, enabled: bool = True) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         self._progress = Progress(
             TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[eval]}"),
@@ -42,7 +42,10 @@ class TrainingProgress:
     def _on_evaluate(self, step: int, metrics: dict[str, float]) -> None:
         self._progress.update(self._task, eval=f"eval {metrics['loss']:.4f}")
 
-    def callback(self) -> TrainingCallback:
+    def callback(self) -> Any:
+        """The run's ``TrainingCallback`` feeding this bar."""
+        from ..training.callbacks import TrainingCallback  # lazy: the training package (--help stays light)
+
         return TrainingCallback(on_log=self._on_log, on_evaluate=self._on_evaluate, shows_progress=True)
 
     def __enter__(self) -> TrainingProgress:
@@ -59,6 +62,14 @@ def batch_progress(label: str, *, enabled: bool = True) -> Iterator[Callable[[in
     """A bar for work counted in batches (``backprop eval``): yields ``progress(done, total)``; to stderr, so
     ``--json`` output stays clean."""
     from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn(), console=Console(stderr=True), transient=True, disable=not enabled)

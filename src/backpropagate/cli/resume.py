@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from .. import runs
 from . import app
 from .multi_run import print_result
 from .progress import TrainingProgress
@@ -24,9 +23,10 @@ def resume(
                               "be used (it held a credential) [default: the run's own]."),
 ) -> None:
     """Continue an interrupted run (or multi-run campaign) where it stopped, with its own data and settings."""
+    from .. import runs  # lazy: pydantic-settings, structlog (--help stays light)
+
     resumption = runs.prepare_resume(run_id, output, model=model)
     if resumption.is_campaign:
-
         with interruptible(resumption.trainer), TrainingProgress(None) as progress:
             campaign = resumption.run(data, force=force, callback=progress.callback())
         print_result(campaign)

@@ -9,14 +9,25 @@ from typing import Any
 
 import typer
 
-from .. import runs
-from ..logs import redact_tree
-from ..runs.describe import describe, seconds_text, short
-from ..runs.history import duration_seconds
+from ..redaction import redact_tree
 from . import app
 from .progress import TrainingProgress
 
 _OUTPUT_HELP = "Output directory whose runs.db to read [default: every output directory trained into]."
+
+
+def _runs() -> Any:
+    """``backpropagate.runs``, imported on use: it reads the settings and logs, which --help does not need."""
+    from .. import runs  # lazy: pydantic-settings, structlog (--help stays light)
+
+    return runs
+
+
+def _text() -> Any:
+    """``backpropagate.runs.describe``: how a run reads as text (``describe``, ``short``, ``seconds_text``)."""
+    from ..runs import describe  # lazy: pydantic-settings, structlog (--help stays light)
+
+    return describe
 
 
 def _console() -> Any:
@@ -37,7 +48,7 @@ def list_runs(
     """The recorded runs, newest first."""
     from rich.table import Table
 
-    records = runs.list(output, status=status, limit=limit)
+    records = _runs().list(output, status=status, limit=limit)
     if as_json:
         typer.echo(json.dumps([redact_tree(asdict(r)) for r in records], indent=2, default=str))
         return
@@ -47,11 +58,12 @@ def list_runs(
     table = Table(title=f"{len(records)} run(s)")
     for column in ("id", "status", "model", "dataset", "steps", "final loss", "duration", "started"):
         table.add_column(column, justify="right" if column in {"steps", "final loss", "duration"} else "left")
+    text, history = _text(), _runs().history
     for r in records:
         kind = " (multi-run)" if r.is_campaign else ""
-        table.add_row(r.run_id[:8], r.status + kind, short(r.model, 28), short(r.dataset_path, 28),
+        table.add_row(r.run_id[:8], r.status + kind, text.short(r.model, 28), text.short(r.dataset_path, 28),
                       f"{r.completed_steps}/{r.steps}", "-" if r.final_loss is None else f"{r.final_loss:.4f}",
-                      seconds_text(duration_seconds(r)), r.started_at[:19].replace("T", " "))
+                      text.seconds_text(history.duration_seconds(r)), r.started_at[:19].replace("T", " "))
     _console().print(table)
 
 
@@ -62,11 +74,11 @@ def show_run(
     output: Path = typer.Option(None, "--output", "-o", help=_OUTPUT_HELP),
 ) -> None:
     """Everything a run recorded: settings, data, status, checkpoints, exports, merges, loss curve."""
+    runs = _runs()
     r = runs.get(run_id, output)
-    typer.echo(describe(r))
+    typer.echo(_text().describe(r))
     if plot is not None:
         typer.echo(f"plot: {runs.plot_losses({r.run_id[:8]: r.loss_history}, plot, title=f'run {r.run_id[:8]}')}")
-
 
 
 @app.command("diff-runs")
@@ -79,6 +91,7 @@ def diff_runs(
     """Two runs side by side: the settings that differ, the data, and the results."""
     from rich.table import Table
 
+    runs, short = _runs(), _text().short
     d = runs.diff(a, b, output)
     table = Table(title=f"{d.a.run_id[:8]} vs {d.b.run_id[:8]}")
     table.add_column("")
@@ -113,6 +126,7 @@ def replay(
     force: bool = typer.Option(False, "--force", help="Replay even if the dataset file changed."),
 ) -> None:
     """Train a run again with its own settings and data; the new run links back to it."""
+    runs = _runs()
     with TrainingProgress(None) as progress:
         run = runs.replay(run_id, history, new_output=output, force=force, callback=progress.callback())
     original = runs.get(run_id, history)
@@ -131,6 +145,7 @@ def export_runs(
     output: Path = typer.Option(None, "--output", "-o", help=_OUTPUT_HELP),
 ) -> None:
     """The whole run history, for spreadsheets and scripts."""
+    runs = _runs()
     text = runs.export(format, out, output, status=status)
     if out is None:
         typer.echo(text, nl=False)

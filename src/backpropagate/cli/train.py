@@ -10,40 +10,41 @@ from typing import Any
 import typer
 
 from . import app
+from .help import PanelCommand
 from .launch import launch
 from .options import with_trainer_options
 from .progress import TrainingProgress
 
 
-@app.command()
+@app.command(cls=PanelCommand)
 @with_trainer_options()
 def train(
-    data: str = typer.Option(..., "--data", "-d", help="Dataset file, save_to_disk folder or hub dataset name."),
+    data: str = typer.Option(..., "--data", "-d", help="Dataset file, save_to_disk folder or hub dataset name.", rich_help_panel="Data"),
     steps: int = typer.Option(None, "--steps", "-s", help="Optimizer steps to train [default: 100; with "
-                              "--resume, the run's own]."),
-    format: str = typer.Option(None, "--format", help="Force the dataset format: sharegpt, alpaca, openai, chatml, text."),
-    text_column: str = typer.Option(None, help="Column holding raw or ChatML text [default: text]."),
+                              "--resume, the run's own].", rich_help_panel="Training"),
+    format: str = typer.Option(None, "--format", help="Force the dataset format: sharegpt, alpaca, openai, chatml, text.", rich_help_panel="Data"),
+    text_column: str = typer.Option(None, help="Column holding raw or ChatML text [default: text].", rich_help_panel="Data"),
     curriculum: bool = typer.Option(False, "--curriculum", help="Train easy to hard without shuffling: the "
-                                    "rows' difficulty column (backprop data curriculum), else a length score."),
+                                    "rows' difficulty column (backprop data curriculum), else a length score.", rich_help_panel="Data"),
     eval_data: str = typer.Option(None, "--eval-data", help="Held-out dataset (any supported format) scored every "
-                                  "--eval-steps and at the end [default: none; 5 % of a 1000+ row dataset]."),
+                                  "--eval-steps and at the end [default: none; 5 % of a 1000+ row dataset].", rich_help_panel="Evaluation"),
     eval_fraction: float = typer.Option(None, "--eval-fraction", help="Hold out this share, in (0, 0.5], of the "
-                                        "rows that occur once in --data (seeded) and score them instead."),
+                                        "rows that occur once in --data (seeded) and score them instead.", rich_help_panel="Evaluation"),
     resume: str = typer.Option(None, "--resume", help="Continue this interrupted run (id or unique prefix) "
-                               "from its last checkpoint, bit for bit; see also `backprop resume`."),
+                               "from its last checkpoint, bit for bit; see also `backprop resume`.", rich_help_panel="Checkpoints and guards"),
     force: bool = typer.Option(False, "--force", help="With --resume: continue even if the data or settings "
-                               "differ from the run's."),
+                               "differ from the run's.", rich_help_panel="Checkpoints and guards"),
     nproc: int = typer.Option(None, "--nproc", help="Train on this many processes per machine (torchrun; one "
-                              "per GPU, or CPU processes with gloo) [default: 1]."),
-    nnodes: int = typer.Option(1, "--nnodes", help="Machines taking part (with --nproc)."),
-    node_rank: int = typer.Option(0, "--node-rank", help="This machine's index, 0 .. nnodes-1."),
-    master_addr: str = typer.Option(None, "--master-addr", help="Address of node 0 (with --nnodes > 1)."),
-    master_port: int = typer.Option(None, "--master-port", help="Port on node 0 [default: 29500]."),
+                              "per GPU, or CPU processes with gloo) [default: 1].", rich_help_panel="Scale"),
+    nnodes: int = typer.Option(1, "--nnodes", help="Machines taking part (with --nproc).", rich_help_panel="Scale"),
+    node_rank: int = typer.Option(0, "--node-rank", help="This machine's index, 0 .. nnodes-1.", rich_help_panel="Scale"),
+    master_addr: str = typer.Option(None, "--master-addr", help="Address of node 0 (with --nnodes > 1).", rich_help_panel="Scale"),
+    master_port: int = typer.Option(None, "--master-port", help="Port on node 0 [default: 29500].", rich_help_panel="Scale"),
     fsdp: bool = typer.Option(False, "--fsdp", help="Same as --strategy fsdp: shard weights, gradients and "
-                              "optimizer state across the processes (PyTorch FSDP) instead of DDP."),
+                              "optimizer state across the processes (PyTorch FSDP) instead of DDP.", rich_help_panel="Scale"),
     sample_prompt: list[str] = typer.Option(None, "--sample-prompt", help="A prompt the base model answers "
                                             "before training and the tuned one after (greedy, 32 tokens; "
-                                            "shown at the end and by show-run). Repeatable."),
+                                            "shown at the end and by show-run). Repeatable.", rich_help_panel="Evaluation"),
     **options: Any,
 ) -> None:
     """Fine-tune a LoRA adapter on a dataset and save it to <output>/lora (--mode full: <output>/model)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from ..logs import get_logger
 from . import app
 
 
@@ -27,10 +26,10 @@ def ui(
     (default ~/.backpropagate/ui-outputs). Credentials: --auth, else --auth-file, else
     BACKPROPAGATE_UI__AUTH_FILE, else BACKPROPAGATE_UI__AUTH (user:password).
     """
+    from ..logs import get_logger  # lazy: structlog (--help stays light)
     from ..ui import launch  # lazy: gradio
 
     if auth:
-
         get_logger().warning("auth_on_command_line", hint="other users of this machine can read --auth in the "
                              "process list; set BACKPROPAGATE_UI__AUTH or use --auth-file instead")
     launch(host=host, port=port, share=share, auth=auth, auth_file=auth_file)

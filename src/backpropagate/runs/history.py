@@ -7,6 +7,7 @@ import builtins
 import csv
 import io
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -40,8 +41,11 @@ def _stores(output_dir: OutputDirs) -> builtins.list[RunStore]:
     if isinstance(output_dir, str | Path):
         return [RunStore.for_output(output_dir)]
     folders = [*known_output_dirs(), _default_output()] if output_dir is None else [Path(d) for d in output_dir]
-    dirs = {p.expanduser().resolve(): None for p in folders if (p.expanduser() / "runs.db").is_file()}
-    return [RunStore.for_output(d) for d in dirs]
+    dirs: dict[Path, Path] = {}  # one per real folder, shown by the path the user gave (not a symlink's target)
+    for folder in folders:
+        if (folder.expanduser() / "runs.db").is_file():
+            dirs.setdefault(folder.expanduser().resolve(), Path(os.path.abspath(folder.expanduser())))
+    return [RunStore.for_output(d) for d in dirs.values()]
 
 
 def list_runs(output_dir: OutputDirs = None, *, status: str | None = None,

@@ -39,7 +39,7 @@ def remember(output_dir: str | Path) -> None:
         try:
             conn.execute("INSERT INTO output_dirs (path, last_seen) VALUES (?, ?) ON CONFLICT(path) DO UPDATE "
                          "SET last_seen = excluded.last_seen",
-                         (str(Path(output_dir).expanduser().resolve()), datetime.now(UTC).isoformat()))
+                         (os.path.abspath(Path(output_dir).expanduser()), datetime.now(UTC).isoformat()))
         finally:
             conn.close()
     except (OSError, sqlite3.Error):

@@ -320,7 +320,7 @@ def _record(row: sqlite3.Row, output_dir: Path) -> RunRecord:
         error_code=row["error_code"], error_message=row["error_message"], pid=row["pid"],
         hostname=row["hostname"],
         details=json.loads(row["details_json"]) if "details_json" in row.keys() else {},  # noqa: SIM118 - sqlite3.Row: `in` tests values
-        output_dir=str(Path(output_dir).resolve()))
+        output_dir=os.path.abspath(Path(output_dir).expanduser()))  # as the user named it: no symlink resolved
 
 
 def _alive(pid: int | None, token: str | None, hostname: str | None) -> bool:

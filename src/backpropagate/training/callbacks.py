@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..logs import redact
+from ..redaction import redact
 from .answers import answers_text
 
 

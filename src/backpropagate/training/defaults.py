@@ -10,13 +10,13 @@ it for a hypothetical card.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import TRAINER_ARGS, Settings, declared_default
 from ..errors import BackpropagateError
 from ..hardware import HardwareFacts, auto_batch_size
-from ..plan import GB, model_shape
+from ..plan import GB, model_shape, useful_rank
 from ..presets import LORA_PRESETS
 from .fit import SAFETY_MARGIN, Fit, Knobs, fit_to_card
 
@@ -111,7 +111,7 @@ def decide_defaults(settings: Settings, facts: HardwareFacts, *, seq_len: int | 
     checkpointing, checkpointing_why = _decide_checkpointing(settings, gpu)
     lora = settings.lora
     targets = lora.target_modules if isinstance(lora.target_modules, str) else tuple(lora.target_modules)
-    knobs = Knobs(settings.model.load_in_4bit, batch, optim, lora.r, lora.alpha, targets)
+    knobs, capped = _cap_rank(settings, Knobs(settings.model.load_in_4bit, batch, optim, lora.r, lora.alpha, targets))
     fit, memory = (None, Choice("memory", "not fitted", "CPU: RAM is the limit and the OS swaps rather than "
                                 "failing; trainer.plan() compares the plan with the RAM"))
     if gpu:
@@ -131,7 +131,7 @@ def decide_defaults(settings: Settings, facts: HardwareFacts, *, seq_len: int | 
         Choice("batch_size", str(knobs.batch_size), batch_why + (f"; {why['batch_size']}" if "batch_size" in why
                                                                   else "")),
         Choice("gradient_accumulation", str(accumulation), accumulation_why),
-        Choice("method", _method_line(settings, knobs), why.get("lora") or _method_why(settings)),
+        Choice("method", _method_line(settings, knobs), why.get("lora") or _method_why(settings) + capped),
         Choice("learning_rate", f"{cfg.learning_rate:g}", _lr_why(settings)),
         Choice("optim", knobs.optim, why.get("optim", optim_why)),
         Choice("gradient_checkpointing", "on" if checkpointing else "off", checkpointing_why),
@@ -164,6 +164,24 @@ def _fit(settings: Settings, facts: HardwareFacts, knobs: Knobs, precision: str,
            "does not fit": "does NOT fit even so: the run refuses (RUNTIME_WILL_NOT_FIT) unless "
                            "memory_check='warn'; see trainer.plan() for what would fit"}[fit.verdict]
     return fit, Choice("memory", value, why)
+
+
+def _cap_rank(settings: Settings, knobs: Knobs) -> tuple[Knobs, str]:
+    """The preset's rank lowered to the widest targeted layer of the model (alpha with it, so alpha / r stays):
+    on a narrow model a higher rank only costs time. A rank the user set is kept. Returns the why-note."""
+    if settings.training.mode == "full" or _given(settings, "lora_r"):
+        return knobs, ""
+    try:
+        widest = useful_rank(model_shape(settings.model.name, trust_remote_code=settings.model.trust_remote_code),
+                             knobs.target_modules)
+    except BackpropagateError:  # no readable config: the memory row says so
+        return knobs, ""
+    if not 0 < widest < knobs.lora_r:
+        return knobs, ""
+    alpha = knobs.lora_alpha * widest / knobs.lora_r
+    note = (f"; r capped at {widest} (from {knobs.lora_r}): the model's targeted layers are at most {widest} wide, "
+            "a higher rank only costs time")
+    return replace(knobs, lora_r=widest, lora_alpha=alpha), note
 
 
 def _changed_value(key: str, knobs: Knobs) -> str:

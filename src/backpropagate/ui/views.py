@@ -83,7 +83,7 @@ def runs_table(records: list[Any], root: Any) -> list[list[Any]]:
     for r in records:
         kind = " (multi-run)" if r.is_campaign else ""
         try:
-            output = str(Path(r.output_dir).relative_to(root))
+            output = str(Path(r.output_dir).resolve().relative_to(root))
         except (TypeError, ValueError):
             output = r.output_dir or "-"
         dataset = Path(r.dataset_path).name if r.dataset_path else "-"
