@@ -242,3 +242,26 @@ def test_missing_gradio_is_a_coded_error(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_stop_requested_is_a_keyboard_interrupt() -> None:
     assert issubclass(StopRequested, KeyboardInterrupt)  # so runs end "interrupted", i.e. resumable
+
+
+def test_the_model_box_starts_with_the_largest_preset_that_fits_and_the_plan_names_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a 4 GB card (what-if hardware) the 7B and the 3-4B presets do not fit; the form starts with the
+    largest that does, and a plan that does not fit names it. A model the user set stays the default."""
+    from dataclasses import replace
+
+    from backpropagate import Trainer
+    from backpropagate import trainer as trainer_module
+    from backpropagate.hardware import HardwareFacts
+    from backpropagate.ui import workspace as workspace_module
+
+    card = replace(HardwareFacts.gpu(4), bitsandbytes=True)
+    monkeypatch.setattr(workspace_module, "probe_hardware", lambda: card)
+    monkeypatch.setattr(trainer_module, "probe_hardware", lambda: card)
+    ws = Workspace(tmp_path / "sandbox")
+    assert ws.default_model == "llama-3.2-3b"
+    assert Trainer("llama-3.2-3b").plan(vram_gb=4).fits and not Trainer("qwen3.5-4b").plan(vram_gb=4).fits
+    plan = ws.plan_text(model="qwen2.5-7b", **{**FORM, "preset": "quality", "max_seq_length": 4096})
+    assert "does NOT fit" in plan and "the largest preset that fits this machine: llama-3.2-3b" in plan
+    monkeypatch.setenv("BACKPROPAGATE_MODEL__NAME", "qwen2.5-7b")
+    assert Workspace(tmp_path / "sandbox").default_model == "Qwen/Qwen2.5-7B-Instruct"  # as the settings name it

@@ -125,6 +125,17 @@ def upload_identity(page: Page, identity_rows: Path) -> None:
     expect(page.locator("#dataset-status")).to_contain_text("Format:", timeout=WAIT_MS)
 
 
+def test_an_idle_page_shows_no_stop_button_and_no_empty_log(page: Page, server: Server) -> None:
+    """Before any job: no Stop, no empty job log; the server printed our own launch line, not Gradio's banner
+    (which tells users to set share=True)."""
+    expect(page.locator("#job-status")).to_contain_text("No job has run")
+    expect(page.locator("#stop-job")).to_be_hidden()
+    expect(page.locator("#job-log")).to_be_hidden()
+    shot(page, "idle")
+    log = server.log.read_text()
+    assert f"backpropagate UI: open http://127.0.0.1:{server.port}" in log and "share=True" not in log, log
+
+
 def test_upload_shows_format_and_preview(page: Page, server: Server, identity_rows: Path) -> None:
     upload_identity(page, identity_rows)
     expect(page.locator("#dataset-status")).to_contain_text("alpaca")
@@ -259,3 +270,24 @@ def test_auth_requires_login_and_refuses_a_wrong_password(browser: Browser, tmp_
         server.close()
     log = server.log.read_text()
     assert PASSWORD not in log and "auth_on_command_line" in log  # --auth works, with a word about `ps`
+
+
+def test_stop_shows_while_a_job_runs_and_stops_it(page: Page, server: Server) -> None:
+    """Last in the file (the other tests use completed jobs): a long run shows Stop, which stops it after a
+    step; then Stop is gone and the job log stays."""
+    tab(page, "Train")
+    fill(page, "train-data", "uploads/identity.json")
+    fill(page, "train-steps", "5000")
+    fill(page, "train-seq", "64")
+    page.locator("#train-start").click()
+    expect(page.locator("#train-status")).to_contain_text("training started")
+    stop = page.locator("#stop-job")
+    expect(stop).to_be_visible()  # the run is far from done: it waits for Stop
+    expect(page.locator("#job-status")).to_contain_text(re.compile(r"step \d+/5000"))
+    shot(page, "train-running-stop")
+    stop.click()
+    expect(page.locator("#job-status")).to_contain_text(re.compile(r"train \(.*\): (stopped|interrupted)"),
+                                                        timeout=LONG_MS)
+    expect(stop).to_be_hidden()
+    expect(page.locator("#job-log")).to_be_visible()
+    shot(page, "train-stopped")

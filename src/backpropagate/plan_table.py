@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .config import resolve_settings
 from .hardware import HardwareFacts
-from .plan import GB
+from .plan import GB, model_shape
 from .presets import MODEL_PRESETS
 from .training.defaults import RunDefaults, decide_defaults
 from .training.fit import memory_plan
@@ -43,6 +43,25 @@ def cell(model: str, card_gb: float) -> str:
     then = (f"; {fix.change} -> {fix.total_bytes / GB:.1f} GB" if fix
             else f"; the weights alone are {plan.components['weights'] / GB:.1f} GB")
     return f"**does not fit**: {peak:.1f} GB even at {_setup(defaults)}{then}"
+
+
+def largest_fitting_preset(facts: HardwareFacts, *, below: str | None = None) -> str | None:
+    """The largest model preset (by parameters) whose plan, with the smart defaults, fits ``facts`` (a GPU: its
+    card; the CPU: its RAM); with ``below``, only presets smaller than that model. None when none fits."""
+    sized = sorted(MODEL_PRESETS, key=lambda p: model_shape(p.key).total_params, reverse=True)
+    if below is not None:
+        limit = model_shape(below).total_params
+        sized = [p for p in sized if model_shape(p.key).total_params < limit]
+    for preset in sized:
+        settings = resolve_settings(model=preset.key)
+        if memory_plan(settings, decide_defaults(settings, facts)).fits:
+            return preset.key
+    return None
+
+
+def smallest_preset() -> str:
+    """The model preset with the fewest parameters."""
+    return min(MODEL_PRESETS, key=lambda p: model_shape(p.key).total_params).key
 
 
 def fit_table() -> str:

@@ -8,6 +8,7 @@ even imported: an exposed UI without credentials never starts.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from ..errors import BackpropagateError
@@ -58,7 +59,15 @@ def launch(*, host: str = "127.0.0.1", port: int = 7862, share: bool = False, au
     demo = build_app(Workspace(root))
     get_logger().info("ui_starting", url=f"http://{host}:{port}", sandbox=str(root), share=share,
                       login=f"on ({source})" if guard else "off")
-    return demo.launch(server_name=host, server_port=port, share=share, auth=guard,
-                       auth_message="backpropagate: sign in" if guard else None, max_file_size=MAX_UPLOAD_BYTES,
-                       allowed_paths=[str(root)], ssr_mode=False, show_error=False, quiet=False,
-                       prevent_thread_lock=not block, css=CSS)
+    # quiet: our own line instead of Gradio's banner, whose advice (share=True) is what check_exposure guards.
+    app = demo.launch(server_name=host, server_port=port, share=share, auth=guard,
+                      auth_message="backpropagate: sign in" if guard else None, max_file_size=MAX_UPLOAD_BYTES,
+                      allowed_paths=[str(root)], ssr_mode=False, show_error=False, quiet=True,
+                      prevent_thread_lock=True, css=CSS)
+    shared = f"; public link: {demo.share_url}" if share and getattr(demo, "share_url", None) else ""
+    sys.stderr.write(f"backpropagate UI: open http://{host}:{port} (files stay in {root}{shared}). "
+                     "Ctrl-C stops it.\n")
+    sys.stderr.flush()
+    if block:
+        demo.block_thread()
+    return app

@@ -86,12 +86,12 @@ def _job_panel_layout() -> SimpleNamespace:
     with gr.Group():
         job_md = gr.Markdown(elem_id="job-status")
         with gr.Row():
-            stop_btn = gr.Button("Stop the job", variant="stop", elem_id="stop-job", scale=0)
+            stop_btn = gr.Button("Stop the job", variant="stop", elem_id="stop-job", scale=0, visible=False)
             stop_md = gr.Markdown(elem_id="stop-status")
         loss_plot = gr.LinePlot(empty_losses, x="step", y="loss", color="series", title="training and eval loss",
                                 height=260, visible=False, elem_id="loss-plot")
         job_log = gr.Textbox(label="Job log", lines=3, max_lines=8, interactive=False, elem_id="job-log",
-                             elem_classes=["mono"])
+                             elem_classes=["mono"], visible=False)  # both shown by the poll when a job has them
     return SimpleNamespace(job_md=job_md, stop_btn=stop_btn, stop_md=stop_md, loss_plot=loss_plot, job_log=job_log)
 
 
@@ -333,7 +333,7 @@ def _wire_job_panel(ws: Workspace, demo: Any, panel: SimpleNamespace, ds: Simple
                     ex: SimpleNamespace, rn: SimpleNamespace, seen: Any, timer: Any) -> None:
     """Stop button, and the poll that mirrors the server-side job state into the page (timer and page load)."""
     poll_outputs = [panel.job_md, panel.loss_plot, panel.job_log, ex.parity, ex.file, mr.table, mr.heat, rn.table,
-                    ex.run, seen]
+                    ex.run, panel.stop_btn, seen]
 
     def on_stop() -> str:
         return "stopping after the current step…" if ws.runner.stop() else "no job is running"
@@ -373,7 +373,8 @@ def _poll_fn(ws: Workspace, n_outputs: int) -> Callable[[Any], tuple[Any, ...]]:
             choices = _run_choices(ws, True)
             newest = result.get("run_id") if state.status == "completed" and state.kind != "export" else None
             export_runs = gr.update(choices=choices, value=newest) if newest else gr.update(choices=choices)
-        return (job_markdown(state), plot, "\n".join(state.log), parity, download, table, heat, runs_rows,
-                export_runs, key)
+        log = gr.update(value="\n".join(state.log), visible=bool(state.log))  # no empty log box before a job
+        return (job_markdown(state), plot, log, parity, download, table, heat, runs_rows, export_runs,
+                gr.update(visible=state.running), key)  # Stop only while a job runs
 
     return poll

@@ -23,6 +23,8 @@ from ..data.preview import preview_example
 from ..data.reference import resolve_tokenizer
 from ..errors import BackpropagateError, invalid_value
 from ..export.pipeline import export_model
+from ..hardware import probe_hardware
+from ..plan_table import largest_fitting_preset, smallest_preset
 from ..presets import find_model_preset
 from ..storage.store import HISTORY_FILE
 from ..training.stop import RunInterrupted
@@ -69,10 +71,7 @@ class Workspace:
                  max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
         self.root = sandbox_root(root if root is not None else os.environ.get("BACKPROPAGATE_UI__OUTPUT_DIR"))
         self.root.mkdir(parents=True, exist_ok=True)
-        if default_model is None:
-
-            default_model = resolve_settings().model.name
-        self.default_model = default_model
+        self.default_model = default_model or _default_model()
         self.runner = JobRunner()
         self.max_upload_bytes = max_upload_bytes
         self._trained: tuple[Any, str] | None = None  # (trainer, run_id) of the last job, still loaded
@@ -194,7 +193,15 @@ class Workspace:
         return folder
 
     def plan_text(self, **form: Any) -> str:
-        return self.make_trainer(**form, output=self.root / "runs" / "plan").plan().report()
+        """The memory plan's report; when it does not fit, the largest smaller preset that does."""
+        trainer = self.make_trainer(**form, output=self.root / "runs" / "plan")
+        plan = trainer.plan()
+        if plan.fits is not False:
+            return str(plan.report())
+        smaller = largest_fitting_preset(probe_hardware(), below=trainer.settings.model.name)
+        advice = (f"the largest preset that fits this machine: {smaller} (pick it as the model)" if smaller
+                  else "no model preset fits this machine")
+        return f"{plan.report()}\nmodel      {advice}"
 
     def start_training(self, *, dataset: str, steps: Any, eval_fraction: Any = None, **form: Any) -> str:
         """Start one training run in the background; returns the output folder (relative). ``eval_fraction``
@@ -349,3 +356,13 @@ def _same_file(a: Path, b: Path) -> bool:
     import hashlib
 
     return hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+
+
+def _default_model() -> str:
+    """The model the forms start with: the one the settings name when the user chose one (argument or
+    BACKPROPAGATE_MODEL__NAME), else the largest preset whose plan fits this machine, else the smallest preset
+    (a CPU: its plan then suggests what makes it fit)."""
+    settings = resolve_settings()
+    if settings.source("model") != "default":
+        return settings.model.name
+    return largest_fitting_preset(probe_hardware()) or smallest_preset()
