@@ -97,7 +97,8 @@ class LoraSettings(BaseModel):
         "(rank 16, alpha 32, q_proj+v_proj, base learning rate). Explicit arguments and env vars override its "
         "values.", arg="lora_preset")
     r: int = option(LORA_PRESETS["quality"].r, "LoRA rank (> 0); left unset, the LoRA preset's (quality 256, "
-                    "fast 16).", arg="lora_r", gt=0, le=65536)
+                    "fast 16), lowered to the model's widest targeted layer, with alpha (a higher rank only costs "
+                    "time).", arg="lora_r", gt=0, le=65536)
     alpha: float = option(LORA_PRESETS["quality"].alpha, "LoRA scaling numerator (> 0); the update is scaled by "
                           "alpha / r. Left unset, the LoRA preset's (quality 512, fast 32).", arg="lora_alpha", gt=0)
     dropout: float = option(0.05, "Dropout on the LoRA input, in [0, 1).", arg="lora_dropout", ge=0, lt=1)

@@ -13,7 +13,6 @@ from .atomic import check_output_dir, check_output_location
 from .chat import adapter_base_name, load_saved, saved_adapter_dir
 from .config import TRAINER_ARGS, Settings, resolve_settings
 from .continual.campaign import CampaignTools, run_campaign
-from .data.load import check_source
 from .data.preview import RowPreview, preview
 from .data.reference import resolve_tokenizer
 from .errors import BackpropagateError, check_count
@@ -24,9 +23,9 @@ from .export.pipeline import ExportResult, export_model
 from .export.preflight import GgufSupport, gguf_support
 from .hardware import HardwareFacts, probe_hardware
 from .logs import bound_run, configure, get_logger, is_redacted, redact, redact_tree
-from .models import check_model_source
 from .options import trainer_signature
 from .redaction import check_model_id
+from .sources import check_sources
 from .storage.store import RunStore
 from .training.answers import check_sample_prompts, greedy_answer, has_adapter, sample_answers_before
 from .training.callbacks import TrainingCallback, TrainingRun
@@ -224,10 +223,7 @@ class Trainer:
     def _check_sources(self, *datasets: Any) -> None:
         """The model folder and the data files are checked first: a typo fails in a second, before the
         start-up table, and leaves no run behind."""
-        check_model_source(self.settings.model.name)
-        for data in datasets:
-            if isinstance(data, str | Path):
-                check_source(data)
+        check_sources(self.settings.model.name, *datasets)
 
     def _run(self, session: Any, callback: TrainingCallback, log: Any, *, force: bool,
              parallel: ProcessStrategy, prompts: list[str], evaluation: Any) -> TrainingRun:

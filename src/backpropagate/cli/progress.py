@@ -12,20 +12,8 @@ class TrainingProgress:
     """The live bar of ``backprop train`` / ``multi-run`` / ``resume`` (rich, imported when one is made)."""
 
     def __init__(self, total: int | None, *, enabled: bool = True) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[eval]}"),
-            TextColumn("{task.fields[tps]} tok/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(), transient=False, disable=not enabled)
+        self._progress = _rich_bar("training", ("loss {task.fields[loss]}", "{task.fields[eval]}",
+                                                "{task.fields[tps]} tok/s"), transient=False, disable=not enabled)
         self._task = self._progress.add_task("train", total=total, loss="-", tps="-", eval="")
         self._started = False  # shown from the first step on, after the start-up log lines
 
@@ -62,17 +50,8 @@ def batch_progress(label: str, *, enabled: bool = True) -> Iterator[Callable[[in
     """A bar for work counted in batches (``backprop eval``): yields ``progress(done, total)``; to stderr, so
     ``--json`` output stays clean."""
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
-    bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), console=Console(stderr=True), transient=True, disable=not enabled)
+    bar = _rich_bar(label, (), console=Console(stderr=True), transient=True, disable=not enabled)
     task = bar.add_task(label, total=None)
 
     def progress(done: int, total: int) -> None:
@@ -85,3 +64,19 @@ def batch_progress(label: str, *, enabled: bool = True) -> Iterator[Callable[[in
     finally:
         if bar.live.is_started:
             bar.stop()
+
+
+def _rich_bar(label: str, fields: tuple[str, ...], **options: Any) -> Any:
+    """A rich Progress: the label, the bar, done/total, ``fields`` (text columns), elapsed time and ETA. rich
+    is imported here, when a bar is made, so --help does not pay for it."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), *map(TextColumn, fields),
+                    TimeElapsedColumn(), TimeRemainingColumn(), **options)

@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from ..errors import check_count
 from . import app
 from .help import PanelCommand
 from .launch import launch
@@ -51,6 +52,11 @@ def train(
     import os
     import sys
 
+    from ..sources import check_run_sources  # lazy: pydantic-settings (--help stays light)
+
+    check_count("steps", steps)
+    if resume is None:  # a typo fails before torch is imported (a resume checks the run's own sources)
+        check_run_sources(options, data, eval_data)
     from ..trainer import Trainer  # lazy: torch
 
     trainer = Trainer(**{**options, "strategy": "fsdp" if fsdp else options["strategy"]})
