@@ -102,7 +102,8 @@ def test_train_on_a_full_disk(small_disk: Callable[[str], Path], tiny_llama: Pat
     before = used(disk)
     out = disk / "out"
     done = backprop("train", "--model", str(tiny_llama), "--data", str(quickstart_path()), "--steps", "2",
-                    "--save-steps", "1", "--max-seq-length", "64", "--batch-size", "2", "--output", str(out))
+                    "--save-steps", "1", "--max-seq-length", "64", "--batch-size", "2", "--output", str(out),
+                    "--lora-r", "256", "--lora-alpha", "512")  # set: above the 64-wide layers, not capped
     assert_disk_full(done)
     assert leftovers(disk) == [] and not (out / "lora").exists()
     assert used(disk) - before < SLACK

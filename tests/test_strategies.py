@@ -68,12 +68,14 @@ def test_deepspeed_not_installed_names_the_extra(monkeypatch: pytest.MonkeyPatch
     assert info.value.code == "DEP_EXTRA_MISSING" and "backpropagate[deepspeed]" in info.value.hint
 
 
-def test_the_cli_refuses_before_launching(tmp_path: Path) -> None:
+def test_the_cli_refuses_before_launching(tmp_path: Path, tiny_llama: Path) -> None:
     bad = tmp_path / "ds.json"
     bad.write_text("{not json")
+    data = tmp_path / "d.jsonl"  # data and model exist: what is refused is the strategy
+    data.write_text('{"text": "hello"}\n')
     for extra, code in [(["--deepspeed", str(bad)], "INPUT_INVALID_JSON"),
                         (["--fsdp", "--load-in-4bit"], "INPUT_STRATEGY_UNSUPPORTED")]:
-        done = subprocess.run([BACKPROP, "train", "--data", str(tmp_path / "d.jsonl"), "--model", "tiny",
+        done = subprocess.run([BACKPROP, "train", "--data", str(data), "--model", str(tiny_llama),
                                "--nproc", "2", *extra], capture_output=True, text=True, timeout=120)
         assert done.returncode == 1 and done.stderr.startswith(f"[{code}]:"), done.stderr[-2000:]
         assert "Traceback" not in done.stderr and "torch.distributed" not in done.stderr

@@ -50,7 +50,9 @@ def test_preset_quality_is_rank_256_everywhere_with_ten_times_the_learning_rate(
                                                                                tmp_path: Path) -> None:
     layers = _lora_layers(_load(tiny_llama, tmp_path).model)  # quality is the default
     assert set(layers) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    assert {m.r["default"] for m in layers.values()} == {256}
+    # 256 everywhere, capped at the tiny model's widest layer (64 wide); alpha with it (512 -> 128)
+    assert {m.r["default"] for m in layers.values()} == {64}
+    assert {m.lora_alpha["default"] for m in layers.values()} == {128}
     assert _train_lr(tiny_llama, tmp_path / "run") == pytest.approx(2e-3)
 
 

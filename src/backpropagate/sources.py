@@ -13,12 +13,14 @@ from .models import check_model_source
 from .redaction import check_model_id
 
 
-def check_sources(model_name: str, *datasets: Any) -> None:
-    """Local files first (the model's check may ask the Hub); coded errors, nothing written."""
+def check_sources(model_name: str | None, *datasets: Any) -> None:
+    """Local files first (the model's check may ask the Hub; None: no model to check); coded errors, nothing
+    written."""
     for data in datasets:
         if isinstance(data, str | Path):
             check_source(data)
-    check_model_source(model_name)
+    if model_name is not None:
+        check_model_source(model_name)
 
 
 def check_run_sources(options: dict[str, Any], *datasets: Any) -> None:

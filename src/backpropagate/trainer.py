@@ -192,7 +192,7 @@ class Trainer:
         check_count("steps", steps)
         evaluation = EvalRequest.check(eval_data, eval_fraction, self.settings.training, curriculum=curriculum)
         prompts = check_sample_prompts(sample_prompts)
-        self._check_sources(data, eval_data)
+        self._check_sources(data, eval_data, resume=resume)
         check_output_dir(self.output_dir)
         self.controls = controls or self.controls
         self.controls.stop.clear()
@@ -220,10 +220,11 @@ class Trainer:
                                      f"{redact(str(self._adapter_dir))} to chat with or export; it does not "
                                      "train it further.")
 
-    def _check_sources(self, *datasets: Any) -> None:
+    def _check_sources(self, *datasets: Any, resume: Any = None) -> None:
         """The model folder and the data files are checked first: a typo fails in a second, before the
-        start-up table, and leaves no run behind."""
-        check_sources(self.settings.model.name, *datasets)
+        start-up table, and leaves no run behind. A resume checks the data it is given; its model is the run's
+        own, which loads (or fails, coded) after the run is found."""
+        check_sources(None if resume else self.settings.model.name, *datasets)
 
     def _run(self, session: Any, callback: TrainingCallback, log: Any, *, force: bool,
              parallel: ProcessStrategy, prompts: list[str], evaluation: Any) -> TrainingRun:
@@ -342,7 +343,7 @@ class Trainer:
         run i's last one. ``controls`` as for ``train``. Returns a ``continual.campaign.MultiRunResult``.
         """
         self._check_trainable()
-        self._check_sources(*(dataset if isinstance(dataset, list | tuple) else [dataset]))
+        self._check_sources(*(dataset if isinstance(dataset, list | tuple) else [dataset]), resume=resume)
         check_output_dir(self.output_dir)
         self.controls = controls or self.controls
         self.controls.stop.clear()

@@ -257,11 +257,16 @@ class RunStore:
                          (completed_steps, json.dumps(loss_history), json.dumps(checkpoints), _now(), run_id))
 
     def steps_done(self, run_id: str, *, completed_steps: int, last_loss: float) -> None:
-        """While a run trains: how far it is, between checkpoints (``progress`` lists the checkpoints)."""
+        """While a run trains: how far it is, between checkpoints (``progress`` lists the checkpoints). One
+        transaction: a reader never sees the steps without the loss."""
         with self._transaction() as conn:
-            conn.execute("UPDATE runs SET completed_steps=?, updated_at=? WHERE run_id=? AND status='running'",
-                         (completed_steps, _now(), run_id))
-        self.set_details(run_id, {"last_loss": last_loss})
+            row = conn.execute("SELECT details_json FROM runs WHERE run_id=? AND status='running'",
+                               (run_id,)).fetchone()
+            if row is None:
+                return
+            details = {**json.loads(row["details_json"]), "last_loss": last_loss}
+            conn.execute("UPDATE runs SET completed_steps=?, details_json=?, updated_at=? WHERE run_id=?",
+                         (completed_steps, json.dumps(details, default=str), _now(), run_id))
 
     def set_details(self, run_id: str, details: dict[str, Any]) -> None:
         """Merge ``details`` into the run's extra results (top-level keys are replaced)."""
